@@ -1,0 +1,74 @@
+"""Image decoding from untrusted bytes (Pillow): size check before decode, EXIF, RGB."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageOps
+
+from gapfix.errors import InputError, PayloadTooLargeError
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def check_pixels(width: int, height: int, max_pixels: int, param: str | None = None) -> None:
+    """Raise `PayloadTooLargeError` if ``width * height`` exceeds ``max_pixels``."""
+    if width * height > max_pixels:
+        raise PayloadTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} pixels",
+            param=param,
+        )
+
+
+def decode_image(
+    data: bytes | bytearray | memoryview,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    param: str | None = None,
+) -> Image.Image:
+    """Decode JPEG/PNG/WebP/GIF (first frame) bytes to an RGB image, EXIF orientation applied.
+
+    The pixel count is read from the header and checked against ``max_pixels`` before any
+    pixel data is decoded. Raises `PayloadTooLargeError` for images over the limit (and for
+    Pillow's own decompression-bomb guard), `InputError` for empty, unsupported, undecodable
+    or truncated data. ``param`` names the input in error messages (e.g. ``images[3]``).
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InputError(f"image must be bytes, got {type(data).__name__}", param=param)
+    if len(data) == 0:
+        raise InputError("image is empty (0 bytes)", param=param)
+    try:
+        src = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}", param) from e
+    except Exception as e:  # any parser failure on untrusted bytes is the caller's input
+        raise InputError(
+            f"cannot decode image: not a valid {'/'.join(SUPPORTED_FORMATS)} file ({e})", param
+        ) from e
+    try:
+        check_pixels(src.width, src.height, max_pixels, param)
+        src.load()  # first frame only for animated GIF/WebP
+        return _to_rgb(ImageOps.exif_transpose(src))
+    except InputError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}", param) from e
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise InputError(f"cannot decode image: corrupt or truncated data ({e})", param) from e
+    finally:
+        src.close()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert to RGB; transparent pixels are composited over white rather than dropped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return img.convert("RGB")
