@@ -1,0 +1,41 @@
+# gapfix — developer entry points. Every target installs into .venv first (idempotent).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install test test-fast lint format run bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m ruff check gapfix service tests benchmarks
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(PY) -m ruff check gapfix service tests benchmarks
+	$(PY) -m ruff format --check gapfix service tests benchmarks
+
+format: $(STAMP)
+	$(PY) -m ruff format gapfix service tests benchmarks
+	$(PY) -m ruff check --fix gapfix service tests benchmarks
+
+run: $(STAMP)
+	$(VENV)/bin/gapfix serve --host $(HOST) --port $(PORT)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

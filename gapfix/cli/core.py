@@ -1,0 +1,281 @@
+"""Core commands: `gapfix stats`, `fit`, `apply`, `eval` (a contract other tools rely on)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gapfix.blocks import iter_blocks
+from gapfix.cli._app import app, guarded
+from gapfix.errors import InputError
+from gapfix.io import load_array
+from gapfix.validation import check_embeddings, check_modality
+
+ImageOpt = Annotated[
+    str, typer.Option("--image", help="Image embeddings: X.npy, F.npz:key or F.parquet:col")
+]
+TextOpt = Annotated[str, typer.Option("--text", help="Text embeddings (same formats)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+LabelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--labels", help="Integer class per image row; --text then holds one row per class"
+    ),
+]
+
+console = Console(width=None if sys.stdout.isatty() else 140)
+
+
+def _load_pair(image: str, text: str) -> tuple[np.ndarray, np.ndarray]:
+    x = check_embeddings(load_array(image, param="--image"), "--image", min_rows=2)
+    y = check_embeddings(load_array(text, param="--text"), "--text", min_rows=2)
+    if x.shape[1] != y.shape[1]:
+        raise InputError(
+            f"--image has dimension {x.shape[1]} but --text has {y.shape[1]}", "--text"
+        )
+    return x, y
+
+
+def _load_labels(spec: str | None) -> np.ndarray | None:
+    if spec is None:
+        return None
+    return np.asarray(load_array(spec, param="--labels"))
+
+
+@app.command()
+@guarded
+def stats(
+    image: ImageOpt,
+    text: TextOpt,
+    paired: Annotated[
+        bool, typer.Option("--paired", help="Row i of image <-> row i of text")
+    ] = False,
+    as_json: JsonOpt = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write the 2-D PCA picture (PNG)")
+    ] = None,
+) -> None:
+    """Measure the modality gap: centroid gap, cone effect, separability, gap dimensions."""
+    from gapfix.stats import gap_statistics, plot_gap
+
+    x, y = _load_pair(image, text)
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise InputError(f"--plot must name a .png file, got {plot}", "--plot")
+    result = gap_statistics(x, y, paired=paired)
+    if plot is not None:
+        plot_gap(x, y, str(plot))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    table = Table(title="Modality gap statistics", show_header=False)
+    rows: list[tuple[str, Any]] = [
+        ("rows (image / text)", f"{result['n_image']} / {result['n_text']}"),
+        ("dimension", result["dim"]),
+        ("centroid gap ||muX - muY||", f"{result['centroid_gap']:.4f}"),
+        ("cosine between centroids", f"{result['centroid_cosine']:.4f}"),
+        ("cone: mean cosine, image", f"{result['cone_image']['mean_cosine']:.4f}"),
+        ("cone: mean cosine, text", f"{result['cone_text']['mean_cosine']:.4f}"),
+        ("linear separability (held-out acc.)", _fmt(result["separability"]["accuracy"])),
+        (
+            f"gap share of top {len(result['gap_dimensions']['top_dims'])} dims",
+            f"{result['gap_dimensions']['top_k_share']:.3f} (dims {result['gap_dimensions']['top_dims'][:5]}...)",
+        ),
+        (
+            "dims for 50% / 90% of gap^2",
+            f"{result['gap_dimensions']['dims_for_50pct']} / {result['gap_dimensions']['dims_for_90pct']}",
+        ),
+    ]
+    if "paired" in result:
+        p = result["paired"]
+        rows += [
+            ("mean paired cosine", f"{p['mean_paired_cosine']:.4f}"),
+            ("alignment E||x-y||^2", f"{p['alignment']:.4f}"),
+            (
+                "uniformity image / text",
+                f"{p['uniformity_image']:.4f} / {p['uniformity_text']:.4f}",
+            ),
+            ("relative modality gap", f"{p['relative_modality_gap']:.4f}"),
+        ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+    if plot is not None:
+        console.print(f"plot written to {plot}")
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
+@guarded
+def fit(
+    out: Annotated[Path, typer.Option("--out", help="Artifact file to write")],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="identity, mean-shift, target-gap, centering, standardize, whiten, ablate-dims, procrustes, auto",
+        ),
+    ],
+    image: Annotated[str | None, typer.Option("--image", help="Image embeddings")] = None,
+    text: Annotated[str | None, typer.Option("--text", help="Text embeddings")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Method parameter k=v (repeatable)")
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option("--objective", help="auto only: balanced, retrieval, mixed, zeroshot"),
+    ] = None,
+    labels: LabelsOpt = None,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Stream-fit from `gapfix embed` shards")
+    ] = None,
+    model_id: Annotated[
+        str | None, typer.Option("--model-id", help="Record the embedding model")
+    ] = None,
+) -> None:
+    """Fit a gap-closing transform on calibration embeddings and save it as one file."""
+    from gapfix.transforms import make_transform, parse_params
+
+    params: dict[str, Any] = dict(parse_params(param))
+    if objective is not None:
+        if method != "auto":
+            raise InputError("--objective applies to --method auto only", "--objective")
+        params["objective"] = objective
+    transform = make_transform(method, **params)
+    if manifest is not None:
+        if image or text or labels:
+            raise InputError("--manifest replaces --image/--text/--labels", "--manifest")
+        from gapfix.jobs.shards import iter_embedding_blocks, read_manifest
+
+        info = read_manifest(manifest)
+        model_id = model_id or info.get("model_id")
+        for modality in ("image", "text"):
+            for block in iter_embedding_blocks(manifest, modality):
+                transform.partial_fit(**{modality: block})
+        transform.finalize()
+    else:
+        if image is None or text is None:
+            raise InputError("fit needs --image and --text (or --manifest)", "--image")
+        x, y = _load_pair(image, text)
+        lab = _load_labels(labels)
+        if lab is not None and method != "auto":
+            raise InputError("--labels is used by --method auto --objective zeroshot", "--labels")
+        transform.fit(x, y, labels=lab)
+    transform.save(out, model_id=model_id)
+    st = transform.fit_stats_
+    if method == "auto":
+        _print_fit_table(transform.fit_table_)
+    console.print(
+        f"[bold]{transform.method}[/bold] -> {out}: gap {st['gap_before']:.4f} -> "
+        f"{st['gap_after']:.4f} (image rows {st['n_image']}, text rows {st['n_text']}, dim {st['dim']})"
+    )
+
+
+def _print_fit_table(rows: list[dict[str, Any]]) -> None:
+    metrics = [k for k in rows[0] if k not in ("method", "params", "admissible", "chosen")]
+    table = Table(title="auto: cross-validated candidates")
+    for col in ["method", "params", *metrics, "admissible", "chosen"]:
+        table.add_column(col)
+    for r in rows:
+        params = ",".join(f"{k}={v}" for k, v in r["params"].items())
+        table.add_row(
+            r["method"], params, *[f"{r[m]:.3f}" for m in metrics],
+            "yes" if r.get("admissible") else "no", "<<" if r.get("chosen") else "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+@guarded
+def apply(
+    transform: Annotated[
+        Path, typer.Option("--transform", help="Artifact written by `gapfix fit`")
+    ],
+    modality: Annotated[str, typer.Option("--modality", help="image or text")],
+    input: Annotated[str, typer.Option("--input", help="Embeddings to correct")],
+    output: Annotated[Path, typer.Option("--output", help="Corrected embeddings (.npy)")],
+) -> None:
+    """Correct embeddings with a saved transform (streams .npy input; atomic output)."""
+    from gapfix.transforms.artifact import load_transform
+
+    check_modality(modality, "--modality")
+    if output.suffix.lower() != ".npy":
+        raise InputError(f"--output must be a .npy file, got {output}", "--output")
+    t = load_transform(transform)
+    z = load_array(input, mmap=True, param="--input")
+    z = check_embeddings(z, "--input", min_rows=1, dim=None)
+    if z.shape[1] != t.dim_:
+        raise InputError(
+            f"--input has dimension {z.shape[1]} but the transform was fitted on dimension {t.dim_}",
+            "--input",
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".npy", dir=output.parent)
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=z.shape)
+        for sl in iter_blocks(z.shape[0], 65_536):
+            t.transform(z[sl], modality, out=out[sl])
+        out.flush()
+        del out
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    console.print(f"{z.shape[0]} {modality} rows corrected with {t.method} -> {output}")
+
+
+@app.command("eval")
+@guarded
+def evaluate_cmd(
+    image: ImageOpt,
+    text: TextOpt,
+    transform: Annotated[
+        Path | None, typer.Option("--transform", help="Artifact to evaluate")
+    ] = None,
+    labels: LabelsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Retrieval quality before/after a transform: cross-modal, mixed-modality, zero-shot."""
+    from gapfix.evaluation import evaluate, flatten_metrics
+    from gapfix.transforms.artifact import load_transform
+
+    x, y = _load_pair(image, text)
+    lab = _load_labels(labels)
+    t = load_transform(transform) if transform is not None else None
+    if t is not None and t.dim_ != x.shape[1]:
+        raise InputError(
+            f"embeddings have dimension {x.shape[1]} but the transform was fitted on {t.dim_}",
+            "--transform",
+        )
+    result = evaluate(x, y, transform=t, labels=lab)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    raw = flatten_metrics(result["raw"])
+    corrected = flatten_metrics(result.get("corrected", {}))
+    table = Table(title=f"Evaluation ({result['n_image']} image / {result['n_text']} text rows)")
+    table.add_column("metric")
+    table.add_column("raw")
+    if corrected:
+        table.add_column(f"corrected ({t.method if t else ''})")
+        table.add_column("change")
+    for key, value in raw.items():
+        row = [key, f"{value:.4f}"]
+        if corrected:
+            row += [f"{corrected[key]:.4f}", f"{corrected[key] - value:+.4f}"]
+        table.add_row(*row)
+    console.print(table)

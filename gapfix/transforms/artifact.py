@@ -1,0 +1,149 @@
+"""Transform artifacts: one safetensors file (arrays) with JSON metadata. No pickle.
+
+Metadata key ``gapfix`` holds JSON: format version, method, params, fit statistics (gap
+before/after, counts per modality), embedding dim, optional model id, gapfix version, and for
+``auto`` the chosen method and the cross-validation table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gapfix.errors import ArtifactError
+
+FORMAT_VERSION = "1.0"
+META_KEY = "gapfix"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def transform_metadata(transform: Any, model_id: str | None = None) -> dict[str, Any]:
+    """The JSON metadata an artifact of ``transform`` carries."""
+    from gapfix import __version__
+
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "gapfix_version": __version__,
+        "method": transform.method,
+        "params": transform.get_params(),
+        "dim": int(transform.dim_),
+        "fit_stats": getattr(transform, "fit_stats_", {}),
+        "model_id": model_id,
+    }
+    if transform.method == "auto":
+        meta["chosen"] = transform.chosen_
+        meta["fit_table"] = transform.fit_table_
+    return _jsonable(meta)
+
+
+def save_transform(
+    transform: Any, path: str | os.PathLike[str], model_id: str | None = None
+) -> None:
+    """Write ``transform`` to ``path`` atomically (temp file + fsync + rename)."""
+    from safetensors.numpy import save
+
+    arrays = transform.fitted_state()
+    meta = transform_metadata(transform, model_id)
+    blob = save(arrays, metadata={META_KEY: json.dumps(meta)})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read only the JSON metadata of an artifact."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            raw = (fh.metadata() or {}).get(META_KEY)
+    except FileNotFoundError:
+        raise ArtifactError(f"transform file not found: {path}", param="transform") from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ArtifactError(
+            f"not a gapfix transform file: {path} ({exc})", param="transform"
+        ) from None
+    if raw is None:
+        raise ArtifactError(f"{path} is a safetensors file without gapfix metadata", "transform")
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: corrupt gapfix metadata ({exc})", param="transform") from None
+
+
+def load_transform(path: str | os.PathLike[str]) -> Any:
+    """Load a fitted transform saved by ``save``; refuses unknown major format versions."""
+    from safetensors.numpy import load_file
+
+    from gapfix.transforms import TRANSFORMS, make_transform
+
+    meta = read_metadata(path)
+    version = str(meta.get("format_version", "?"))
+    if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        raise ArtifactError(
+            f"{path}: artifact format version {version} is not supported "
+            f"(this gapfix reads {FORMAT_VERSION.split('.')[0]}.x)",
+            param="transform",
+        )
+    method = meta.get("method")
+    if method not in TRANSFORMS:
+        raise ArtifactError(f"{path}: unknown method {method!r}", param="transform")
+    try:
+        arrays = load_file(str(path))
+    except Exception as exc:
+        raise ArtifactError(f"{path}: unreadable arrays ({exc})", param="transform") from None
+    dim = int(meta["dim"])
+    params = dict(meta.get("params") or {})
+    fit_stats = dict(meta.get("fit_stats") or {})
+    if method == "auto":
+        chosen = meta["chosen"]
+        transform = make_transform("auto", **params)
+        inner = make_transform(
+            chosen["method"], renormalize=params.get("renormalize", True), **chosen["params"]
+        )
+        inner.load_state(arrays, dim, fit_stats)
+        transform.best_ = inner
+        transform.chosen_ = chosen
+        transform.fit_table_ = meta.get("fit_table", [])
+        transform.dim_ = dim
+        transform.fit_stats_ = fit_stats
+    else:
+        transform = make_transform(method, **params)
+        transform.load_state(arrays, dim, fit_stats)
+    missing = [a for a in transform_arrays(transform) if a not in arrays]
+    if missing:
+        raise ArtifactError(f"{path}: missing arrays {missing}", param="transform")
+    transform.model_id = meta.get("model_id")
+    return transform
+
+
+def transform_arrays(transform: Any) -> list[str]:
+    """Names of the arrays a fitted transform of this kind must have (optional ones excluded)."""
+    target = getattr(transform, "best_", transform)
+    optional = {"mean_query_text_"}
+    return [a for a in target.fitted_arrays if a not in optional]

@@ -1,0 +1,356 @@
+"""Base class of gap-closing transforms (scikit-learn estimator style).
+
+Every transform maps an embedding of one modality through a per-modality affine map
+``y = ((x - shift) * scale) @ matrix`` (each part optional), then renormalises to unit length.
+Fitting is streaming: ``partial_fit`` accumulates float64 moments (and a bounded reservoir
+sample used for fit statistics and methods that need rows); ``fit`` is reset + one pass.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gapfix.blocks import iter_blocks, normalize_rows
+from gapfix.errors import InputError, NotFittedError
+from gapfix.transforms.moments import CrossMoments, Moments, Reservoir
+from gapfix.validation import check_embeddings, check_modality, check_paired, check_same_dim
+
+APPLY_BLOCK_ROWS = 2048
+SAMPLE_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """Precomputed per-modality map: ``y = x @ matrix + bias`` or ``y = x * scale + bias``."""
+
+    matrix: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    bias: np.ndarray | None = None
+
+    @classmethod
+    def affine(
+        cls,
+        shift: np.ndarray | None = None,
+        scale: np.ndarray | None = None,
+        matrix: np.ndarray | None = None,
+    ) -> Kernel:
+        """Fold ``((x - shift) * scale) @ matrix`` into one multiply and one add."""
+        f32 = np.float32
+        if matrix is not None:
+            m = matrix.astype(np.float64)
+            if scale is not None:
+                m = scale.astype(np.float64)[:, None] * m
+            bias = None
+            if shift is not None:
+                bias = -(shift.astype(np.float64) @ m)
+            return cls(
+                matrix=np.ascontiguousarray(m, f32), bias=None if bias is None else bias.astype(f32)
+            )
+        if scale is not None:
+            bias = None if shift is None else -(shift.astype(np.float64) * scale)
+            return cls(scale=scale.astype(f32), bias=None if bias is None else bias.astype(f32))
+        return cls(bias=None if shift is None else (-shift).astype(f32))
+
+    def apply(self, x: np.ndarray, out: np.ndarray) -> None:
+        """Write the map of the block ``x`` into ``out`` (same shape, float32)."""
+        if self.matrix is not None:
+            np.matmul(x, self.matrix, out=out)
+            if self.bias is not None:
+                out += self.bias
+        elif self.scale is not None:
+            np.multiply(x, self.scale, out=out)
+            if self.bias is not None:
+                out += self.bias
+        elif self.bias is not None:
+            np.add(x, self.bias, out=out)
+        else:
+            out[...] = x
+
+
+def _is_torch(z: Any) -> bool:
+    return type(z).__module__.startswith("torch")
+
+
+class GapTransform:
+    """Base class: parameters in ``__init__``, fitted attributes end in ``_``, ``fit`` returns self."""
+
+    method: ClassVar[str] = ""
+    requires_pairs: ClassVar[bool] = False
+    needs_outer: ClassVar[bool] = False
+    needs_sample: ClassVar[bool] = False
+    fitted_arrays: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, renormalize: bool = True) -> None:
+        self.renormalize = renormalize
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p for p in sig.parameters if p != "self"]
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters and their values (JSON-safe)."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    @property
+    def paired(self) -> bool:
+        """Whether fitting needs row-i pairs (image row i <-> text row i)."""
+        return self.requires_pairs
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, image: Any, text: Any, labels: Any = None) -> GapTransform:
+        """Fit on calibration embeddings (rows paired when both have the same count)."""
+        image = check_embeddings(image, "image", min_rows=2)
+        text = check_embeddings(text, "text", min_rows=2)
+        check_same_dim(image, text)
+        if self.requires_pairs:
+            check_paired(image, text, f"method {self.method!r}")
+        self._reset(image.shape[1])
+        self._accumulate(image, text)
+        self._finish()
+        return self
+
+    def partial_fit(self, image: Any = None, text: Any = None) -> GapTransform:
+        """Accumulate one shard (either modality may be None); fitting completes lazily.
+
+        Streams of pairs must pass matching image and text blocks together.
+        """
+        blocks = {}
+        for name, x in (("image", image), ("text", text)):
+            if x is not None:
+                blocks[name] = check_embeddings(x, name, min_rows=1)
+        if not blocks:
+            raise InputError("partial_fit needs image and/or text rows", param="image")
+        dim = next(iter(blocks.values())).shape[1]
+        if "image" in blocks and "text" in blocks:
+            check_same_dim(blocks["image"], blocks["text"])
+        if getattr(self, "_moments", None) is None:
+            self._reset(dim)
+        elif dim != self._dim:
+            raise InputError(
+                f"shard dimension {dim} differs from earlier shards ({self._dim})", "image"
+            )
+        if self.requires_pairs:
+            if "image" not in blocks or "text" not in blocks:
+                raise InputError(
+                    f"method {self.method!r} needs paired shards (image and text)", "text"
+                )
+            check_paired(blocks["image"], blocks["text"], f"method {self.method!r}")
+        self._accumulate(blocks.get("image"), blocks.get("text"))
+        self._stale = True
+        return self
+
+    def finalize(self) -> GapTransform:
+        """Finish a streaming fit (also done automatically before the first transform)."""
+        if getattr(self, "_moments", None) is None:
+            raise NotFittedError(f"{type(self).__name__} has not seen any data")
+        self._finish()
+        return self
+
+    def _reset(self, dim: int) -> None:
+        self._dim = dim
+        self._moments = {m: Moments(dim, outer=self.needs_outer) for m in ("image", "text")}
+        self._cross = CrossMoments(dim) if self.requires_pairs else None
+        self._samples = {
+            m: Reservoir(SAMPLE_ROWS, dim, seed=i) for i, m in enumerate(("image", "text"))
+        }
+        self._pair_sample = Reservoir(SAMPLE_ROWS, dim, seed=7) if self.requires_pairs else None
+        self._pair_sample_text = Reservoir(SAMPLE_ROWS, dim) if self.requires_pairs else None
+        self._stale = True
+        self._kernels: dict[str, Kernel] = {}
+        self._torch_cache: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def _accumulate(self, image: np.ndarray | None, text: np.ndarray | None) -> None:
+        for name, x in (("image", image), ("text", text)):
+            if x is None:
+                continue
+            self._moments[name].update(x)
+            res = self._samples[name]
+            rows, slots = res.slots(x.shape[0])
+            res.put(x, rows, slots)
+        if self._cross is not None and image is not None and text is not None:
+            self._cross.update(image, text)
+            rows, slots = self._pair_sample.slots(image.shape[0])
+            self._pair_sample.put(image, rows, slots)
+            self._pair_sample_text.put(text, rows, slots)
+
+    def _finish(self) -> None:
+        with self._lock:
+            mi, mt = self._moments["image"], self._moments["text"]
+            if mi.n < 1 or mt.n < 1:
+                raise InputError("fitting needs rows of both modalities", param="text")
+            self._fit_moments(mi, mt)
+            self.dim_ = self._dim
+            self._kernels = {}
+            self._torch_cache = {}
+            self._stale = False
+            xs, ys = self.calibration_sample()
+            gap_after = float(
+                np.linalg.norm(self._mean_out(xs, "image") - self._mean_out(ys, "text"))
+            )
+            self.fit_stats_ = {
+                "n_image": int(mi.n),
+                "n_text": int(mt.n),
+                "dim": int(self._dim),
+                "gap_before": float(np.linalg.norm(mi.mean - mt.mean)),
+                "gap_after": gap_after,
+                "gap_after_rows": [int(xs.shape[0]), int(ys.shape[0])],
+            }
+
+    def calibration_sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """The reservoir samples of image and text rows kept during fitting."""
+        return self._samples["image"].sample(), self._samples["text"].sample()
+
+    def _mean_out(self, x: np.ndarray, modality: str) -> np.ndarray:
+        out = np.empty_like(x)
+        self._apply_numpy(x, modality, out)
+        return out.mean(axis=0, dtype=np.float64)
+
+    def _fit_moments(self, image: Moments, text: Moments) -> None:
+        """Set the fitted attributes from the accumulated moments (subclasses)."""
+
+    def _kernel_parts(self, modality: str) -> dict[str, np.ndarray | None]:
+        """Return ``shift``/``scale``/``matrix`` for ``modality`` (subclasses)."""
+        return {}
+
+    # ------------------------------------------------------------------ applying
+    def _check_fitted(self) -> None:
+        if getattr(self, "_stale", False) and getattr(self, "_moments", None) is not None:
+            self._finish()
+        if not hasattr(self, "dim_"):
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted yet: call fit(image=..., text=...) first"
+            )
+
+    def kernel(self, modality: str, role: str | None = None) -> Kernel:
+        """The precomputed affine kernel for ``modality``."""
+        key = modality if role is None else f"{modality}:{role}"
+        k = self._kernels.get(key)
+        if k is None:
+            parts = self._kernel_parts(modality if role is None else key)
+            k = Kernel.affine(parts.get("shift"), parts.get("scale"), parts.get("matrix"))
+            self._kernels[key] = k
+        return k
+
+    def transform(
+        self, z: Any, modality: str = "image", out: Any = None, role: str | None = None
+    ) -> Any:
+        """Correct embeddings of one modality; numpy in -> numpy out, torch in -> torch out.
+
+        The input is never modified. Output is float32 and unit length unless
+        ``renormalize=False``. Large inputs (memmaps too) are processed in blocks.
+        """
+        self._check_fitted()
+        check_modality(modality)
+        if _is_torch(z):
+            return self._transform_torch(z, modality, role)
+        if not hasattr(z, "ndim"):
+            z = np.asarray(z, dtype=np.float32)
+        if z.ndim != 2:
+            raise InputError(f"expected a 2-D array, got shape {tuple(z.shape)}", param="vectors")
+        if z.shape[1] != self.dim_:
+            raise InputError(
+                f"vectors have dimension {z.shape[1]} but the transform was fitted on dimension "
+                f"{self.dim_}",
+                param="vectors",
+            )
+        if out is None:
+            out = np.empty(z.shape, dtype=np.float32)
+        elif out.shape != z.shape or out.dtype != np.float32:
+            raise InputError("out must be a float32 array of the input's shape", param="out")
+        self._apply_numpy(z, modality, out, role)
+        return out
+
+    def _apply_numpy(
+        self, z: np.ndarray, modality: str, out: np.ndarray, role: str | None = None
+    ) -> None:
+        kern = self.kernel(modality, role)
+        for sl in iter_blocks(z.shape[0], APPLY_BLOCK_ROWS):
+            block = np.asarray(z[sl], dtype=np.float32)
+            dest = out[sl]
+            kern.apply(block, dest)
+            if self.renormalize:
+                normalize_rows(dest, out=dest)
+
+    def _transform_torch(self, z: Any, modality: str, role: str | None) -> Any:
+        import torch
+
+        if z.ndim != 2 or z.shape[1] != self.dim_:
+            raise InputError(
+                f"vectors have shape {tuple(z.shape)}; the transform expects (n, {self.dim_})",
+                param="vectors",
+            )
+        key = (modality, role, z.device)
+        cached = self._torch_cache.get(key)
+        if cached is None:
+            kern = self.kernel(modality, role)
+            cached = tuple(
+                None if a is None else torch.from_numpy(a).to(z.device)
+                for a in (kern.matrix, kern.scale, kern.bias)
+            )
+            self._torch_cache[key] = cached
+        matrix, scale, bias = cached
+        with torch.inference_mode():
+            y = z.to(torch.float32)
+            if matrix is not None:
+                y = y @ matrix
+            elif scale is not None:
+                y = y * scale
+            if bias is not None:
+                y = y + bias
+            if y is z:
+                y = y.clone()
+            if self.renormalize:
+                y = torch.nn.functional.normalize(y, dim=1, eps=1e-12)
+        return y
+
+    # ------------------------------------------------------------------ persistence
+    def fitted_state(self) -> dict[str, np.ndarray]:
+        """The fitted arrays (what an artifact stores)."""
+        self._check_fitted()
+        state = {}
+        for name in self.fitted_arrays:
+            value = getattr(self, name, None)
+            if value is not None:
+                state[name] = np.ascontiguousarray(value)
+        return state
+
+    def load_state(
+        self, arrays: dict[str, np.ndarray], dim: int, fit_stats: dict[str, Any]
+    ) -> None:
+        """Restore fitted arrays read from an artifact."""
+        for name in self.fitted_arrays:
+            setattr(self, name, arrays.get(name))
+        self.dim_ = dim
+        self.fit_stats_ = fit_stats
+        self._kernels = {}
+        self._torch_cache = {}
+        self._stale = False
+        self._lock = threading.Lock()
+
+    def save(self, path: Any, model_id: str | None = None) -> None:
+        """Write one artifact file (safetensors arrays + JSON metadata)."""
+        from gapfix.transforms.artifact import save_transform
+
+        save_transform(self, path, model_id=model_id)
+
+    def to_summary(self) -> dict[str, Any]:
+        """A JSON-safe description: method, params, fit statistics."""
+        self._check_fitted()
+        return {
+            "method": self.method,
+            "params": self.get_params(),
+            "dim": int(self.dim_),
+            "fit_stats": getattr(self, "fit_stats_", {}),
+        }

@@ -1,0 +1,303 @@
+"""The gap-closing methods: shifts, centering, scaling, whitening, ablation, Procrustes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gapfix.errors import InputError
+from gapfix.transforms.base import GapTransform
+from gapfix.transforms.moments import Moments, Reservoir
+from gapfix.validation import check_embeddings
+
+
+class Identity(GapTransform):
+    """No correction (renormalisation only): the baseline every method is compared to."""
+
+    method = "identity"
+
+
+class MeanShift(GapTransform):
+    """Shift along the gap vector g = muX - muY (Liang et al. 2022).
+
+    x' = n(x - lam*g/2), y' = n(y + lam*g/2). ``lam=1`` moves the centroids together before
+    renormalisation; negative values widen the gap.
+    """
+
+    method = "mean-shift"
+    fitted_arrays = ("gap_vector_",)
+
+    def __init__(self, lam: float = 1.0, renormalize: bool = True) -> None:
+        super().__init__(renormalize)
+        self.lam = lam
+
+    def _fit_moments(self, image: Moments, text: Moments) -> None:
+        self.gap_vector_ = (image.mean - text.mean).astype(np.float32)
+
+    def _shift_amount(self) -> float:
+        return float(self.lam)
+
+    def _kernel_parts(self, modality: str) -> dict[str, Any]:
+        half = self._shift_amount() * self.gap_vector_.astype(np.float64) / 2
+        return {"shift": half if modality == "image" else -half}
+
+
+def _gap_after_shift(xs: np.ndarray, ys: np.ndarray, g: np.ndarray, lam: float) -> float:
+    def centroid(z: np.ndarray, sign: float) -> np.ndarray:
+        shifted = z - sign * lam * g / 2
+        shifted /= np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)
+        return shifted.mean(axis=0)
+
+    return float(np.linalg.norm(centroid(xs, 1.0) - centroid(ys, -1.0)))
+
+
+class TargetGap(MeanShift):
+    """Mean shift with lam solved by bisection so the renormalised centroid gap equals ``gap``.
+
+    Targets above today's gap widen it (negative lam). A target below the smallest gap a shift
+    can reach is an error naming that minimum.
+    """
+
+    method = "target-gap"
+    needs_sample = True
+    fitted_arrays = ("gap_vector_", "lam_")
+
+    def __init__(self, gap: float = 0.1, tol: float = 1e-4, renormalize: bool = True) -> None:
+        GapTransform.__init__(self, renormalize)
+        self.gap = gap
+        self.tol = tol
+
+    def _fit_moments(self, image: Moments, text: Moments) -> None:
+        if not (0.0 <= float(self.gap) < 2.0):
+            raise InputError(f"target gap must be in [0, 2), got {self.gap}", param="gap")
+        g = (image.mean - text.mean).astype(np.float64)
+        xs, ys = (s.astype(np.float64) for s in self.calibration_sample())
+        f = lambda lam: _gap_after_shift(xs, ys, g, lam) - float(self.gap)  # noqa: E731
+        if f(0.0) > 0:  # close the gap: search between 0 and the shift of smallest gap
+            grid = np.linspace(0.0, 2.0, 41)
+            values = [f(lam) for lam in grid]
+            best = int(np.argmin(values))
+            if values[best] > self.tol:
+                reachable = values[best] + float(self.gap)
+                raise InputError(
+                    f"target gap {self.gap} is below the smallest gap a mean shift reaches on "
+                    f"this data ({reachable:.4f})",
+                    param="gap",
+                )
+            lo, hi = 0.0, float(grid[best])
+        else:  # widen the gap: search for a negative lam
+            lo, hi = -1.0, 0.0
+            while f(lo) < 0:
+                lo *= 2
+                if lo < -1e4:
+                    raise InputError(f"target gap {self.gap} cannot be reached", param="gap")
+            lo, hi = hi, lo  # f(lo) <= 0 side first
+        lam = _bisect(f, lo, hi, self.tol)
+        self.gap_vector_ = g.astype(np.float32)
+        self.lam_ = np.array([lam], dtype=np.float64)
+
+    def _shift_amount(self) -> float:
+        return float(np.asarray(self.lam_).ravel()[0])
+
+
+def _bisect(f: Any, a: float, b: float, tol: float, max_iter: int = 100) -> float:
+    """Root of f on [a, b] where f(a) and f(b) have opposite signs (or one is ~0)."""
+    fa = f(a)
+    for _ in range(max_iter):
+        mid = (a + b) / 2
+        fm = f(mid)
+        if abs(fm) <= tol:
+            return mid
+        if (fm > 0) == (fa > 0):
+            a, fa = mid, fm
+        else:
+            b = mid
+    return (a + b) / 2
+
+
+class Centering(GapTransform):
+    """Per-modality centering (GR-CLIP / I0T): x' = n(x - muX), y' = n(y - muY).
+
+    With ``query_text_mean=True``, ``fit(..., query_text=Q)`` also learns a separate mean for
+    query texts, used by ``transform(z, "text", role="query")``.
+    """
+
+    method = "centering"
+    fitted_arrays = ("mean_image_", "mean_text_", "mean_query_text_")
+
+    def __init__(self, query_text_mean: bool = False, renormalize: bool = True) -> None:
+        super().__init__(renormalize)
+        self.query_text_mean = query_text_mean
+
+    def fit(self, image: Any, text: Any, labels: Any = None, query_text: Any = None) -> Centering:
+        self._query: Moments | None = None
+        if self.query_text_mean:
+            if query_text is None:
+                raise InputError("query_text_mean=True needs query_text rows to fit", "query_text")
+            q = check_embeddings(query_text, "query_text", min_rows=2)
+            self._query = Moments(q.shape[1])
+            self._query.update(q)
+        super().fit(image, text, labels)
+        return self
+
+    def _fit_moments(self, image: Moments, text: Moments) -> None:
+        self.mean_image_ = image.mean.astype(np.float32)
+        self.mean_text_ = text.mean.astype(np.float32)
+        query = getattr(self, "_query", None)
+        self.mean_query_text_ = None if query is None else query.mean.astype(np.float32)
+
+    def _kernel_parts(self, modality: str) -> dict[str, Any]:
+        if modality == "text:query" and self.mean_query_text_ is not None:
+            return {"shift": self.mean_query_text_}
+        return {"shift": self.mean_image_ if modality == "image" else self.mean_text_}
+
+
+class Standardize(GapTransform):
+    """Per-modality, per-dimension z-score, then renormalise."""
+
+    method = "standardize"
+    fitted_arrays = ("mean_image_", "mean_text_", "std_image_", "std_text_")
+
+    def __init__(self, eps: float = 1e-6, renormalize: bool = True) -> None:
+        super().__init__(renormalize)
+        self.eps = eps
+
+    def _fit_moments(self, image: Moments, text: Moments) -> None:
+        self.mean_image_ = image.mean.astype(np.float32)
+        self.mean_text_ = text.mean.astype(np.float32)
+        self.std_image_ = np.sqrt(image.var + self.eps).astype(np.float32)
+        self.std_text_ = np.sqrt(text.var + self.eps).astype(np.float32)
+
+    def _kernel_parts(self, modality: str) -> dict[str, Any]:
+        mean, std = (
+            (self.mean_image_, self.std_image_)
+            if modality == "image"
+            else (self.mean_text_, self.std_text_)
+        )
+        return {"shift": mean, "scale": 1.0 / std.astype(np.float64)}
+
+
+class Whiten(GapTransform):
+    """Per-modality ZCA whitening with shrinkage towards a scaled identity, then renormalise.
+
+    Sigma_s = (1 - shrinkage) * Sigma + shrinkage * (tr(Sigma)/d) * I;  W = Sigma_s^(-1/2).
+    """
+
+    method = "whiten"
+    needs_outer = True
+    fitted_arrays = ("mean_image_", "mean_text_", "whitener_image_", "whitener_text_")
+
+    def __init__(self, shrinkage: float = 0.1, eps: float = 1e-6, renormalize: bool = True) -> None:
+        super().__init__(renormalize)
+        self.shrinkage = shrinkage
+        self.eps = eps
+
+    def _fit_moments(self, image: Moments, text: Moments) -> None:
+        if not 0.0 <= float(self.shrinkage) <= 1.0:
+            raise InputError(f"shrinkage must be in [0, 1], got {self.shrinkage}", "shrinkage")
+        self.mean_image_ = image.mean.astype(np.float32)
+        self.mean_text_ = text.mean.astype(np.float32)
+        self.whitener_image_ = self._whitener(image.cov)
+        self.whitener_text_ = self._whitener(text.cov)
+
+    def _whitener(self, cov: np.ndarray) -> np.ndarray:
+        # Shrinkage towards a scaled identity keeps the eigenvectors of cov, so one
+        # eigendecomposition serves every shrinkage value (auto tries several).
+        d = cov.shape[0]
+        a = float(self.shrinkage)
+        vals, vecs = _eigh_cached(cov)
+        vals = (1 - a) * vals + a * (np.trace(cov) / d)
+        inv_sqrt = 1.0 / np.sqrt(np.maximum(vals, 0.0) + self.eps)
+        return ((vecs * inv_sqrt) @ vecs.T).astype(np.float32)
+
+    def _kernel_parts(self, modality: str) -> dict[str, Any]:
+        if modality == "image":
+            return {"shift": self.mean_image_, "matrix": self.whitener_image_}
+        return {"shift": self.mean_text_, "matrix": self.whitener_text_}
+
+
+_EIGH_CACHE: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+_EIGH_CACHE_SIZE = 8
+
+
+def _eigh_cached(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigendecomposition of a symmetric matrix, memoised on its content (small LRU)."""
+    import hashlib
+
+    sym = (cov + cov.T) / 2
+    key = hashlib.blake2b(np.ascontiguousarray(sym).tobytes(), digest_size=16).digest()
+    hit = _EIGH_CACHE.pop(key, None)
+    if hit is None:
+        hit = np.linalg.eigh(sym)
+    _EIGH_CACHE[key] = hit
+    while len(_EIGH_CACHE) > _EIGH_CACHE_SIZE:
+        _EIGH_CACHE.pop(next(iter(_EIGH_CACHE)))
+    return hit
+
+
+class AblateDims(GapTransform):
+    """Zero the ``k`` dimensions carrying most of ||muX - muY||^2, then renormalise.
+
+    The output keeps dimension d (dropped coordinates are 0), which is equivalent to dropping
+    them for cosine search and keeps indexes and artifacts dimension-stable.
+    """
+
+    method = "ablate-dims"
+    fitted_arrays = ("dims_", "gap_vector_")
+
+    def __init__(self, k: int = 10, renormalize: bool = True) -> None:
+        super().__init__(renormalize)
+        self.k = k
+
+    def _fit_moments(self, image: Moments, text: Moments) -> None:
+        k = int(self.k)
+        if not 0 < k < image.dim:
+            raise InputError(f"k must be in [1, {image.dim - 1}], got {self.k}", param="k")
+        g = image.mean - text.mean
+        self.gap_vector_ = g.astype(np.float32)
+        self.dims_ = np.argsort(-(g**2), kind="stable")[:k].astype(np.int64)
+
+    def _kernel_parts(self, modality: str) -> dict[str, Any]:
+        scale = np.ones(self.dim_, dtype=np.float32)
+        scale[np.asarray(self.dims_, dtype=np.int64)] = 0.0
+        return {"scale": scale}
+
+
+class Procrustes(GapTransform):
+    """Center both modalities, then rotate image space onto text space (paired data only).
+
+    R = U V^T from the SVD of the centered cross-covariance X^T Y; x' = n((x - muX) R),
+    y' = n(y - muY).
+    """
+
+    method = "procrustes"
+    requires_pairs = True
+    fitted_arrays = ("mean_image_", "mean_text_", "rotation_")
+
+    def _fit_moments(self, image: Moments, text: Moments) -> None:
+        assert self._cross is not None
+        n = max(self._cross.n, 1)
+        cxy = self._cross.cross / n - np.outer(image.mean, text.mean)
+        u, _, vt = np.linalg.svd(cxy)
+        self.rotation_ = (u @ vt).astype(np.float32)
+        self.mean_image_ = image.mean.astype(np.float32)
+        self.mean_text_ = text.mean.astype(np.float32)
+
+    def _kernel_parts(self, modality: str) -> dict[str, Any]:
+        if modality == "image":
+            return {"shift": self.mean_image_, "matrix": self.rotation_}
+        return {"shift": self.mean_text_}
+
+
+__all__ = [
+    "AblateDims",
+    "Centering",
+    "Identity",
+    "MeanShift",
+    "Procrustes",
+    "Reservoir",
+    "Standardize",
+    "TargetGap",
+    "Whiten",
+]

@@ -1,0 +1,100 @@
+"""Streaming accumulators for fitting: float64 moments and a reservoir sample of rows."""
+
+from __future__ import annotations
+
+import numpy as np
+
+FIT_BLOCK_ROWS = 16_384
+
+
+class Moments:
+    """Running count, sum, per-dim sum of squares and (optionally) X^T X in float64.
+
+    Block products are computed in float32 BLAS and accumulated in float64, so fitting on
+    10M+ rows stays accurate and never holds more than one block in memory.
+    """
+
+    def __init__(self, dim: int, outer: bool = False) -> None:
+        self.dim = dim
+        self.n = 0
+        self.sum = np.zeros(dim, dtype=np.float64)
+        self.sumsq = np.zeros(dim, dtype=np.float64)
+        self.outer = np.zeros((dim, dim), dtype=np.float64) if outer else None
+
+    def update(self, x: np.ndarray) -> None:
+        """Add the rows of ``x`` (float32, 2-D)."""
+        for start in range(0, x.shape[0], FIT_BLOCK_ROWS):
+            block = np.ascontiguousarray(x[start : start + FIT_BLOCK_ROWS], dtype=np.float32)
+            self.n += block.shape[0]
+            self.sum += block.sum(axis=0, dtype=np.float64)
+            self.sumsq += np.einsum("ij,ij->j", block, block, dtype=np.float64)
+            if self.outer is not None:
+                self.outer += block.T @ block
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.sum / max(self.n, 1)
+
+    @property
+    def var(self) -> np.ndarray:
+        return np.maximum(self.sumsq / max(self.n, 1) - self.mean**2, 0.0)
+
+    @property
+    def cov(self) -> np.ndarray:
+        if self.outer is None:
+            raise RuntimeError("Moments was created without outer products")
+        mu = self.mean
+        return self.outer / max(self.n, 1) - np.outer(mu, mu)
+
+
+class CrossMoments:
+    """Running sum of x_i y_i^T over paired rows (for Procrustes), float64."""
+
+    def __init__(self, dim: int) -> None:
+        self.n = 0
+        self.cross = np.zeros((dim, dim), dtype=np.float64)
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+        for start in range(0, x.shape[0], FIT_BLOCK_ROWS):
+            xb = np.ascontiguousarray(x[start : start + FIT_BLOCK_ROWS], dtype=np.float32)
+            yb = np.ascontiguousarray(y[start : start + FIT_BLOCK_ROWS], dtype=np.float32)
+            self.n += xb.shape[0]
+            self.cross += xb.T @ yb
+
+
+class Reservoir:
+    """Uniform sample of at most ``capacity`` rows from a stream (Algorithm R, vectorised).
+
+    With ``paired`` streams, the image and text rows kept share their indices.
+    """
+
+    def __init__(self, capacity: int, dim: int, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.rows = np.empty((0, dim), dtype=np.float32)
+        self.seen = 0
+        self._rng = np.random.default_rng(seed)
+
+    def slots(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decide which of the next ``count`` rows enter and where: (row_idx, slot_idx)."""
+        idx = np.arange(self.seen, self.seen + count)
+        fill = idx < self.capacity
+        slots = np.where(fill, idx, self._rng.integers(0, idx + 1))
+        keep = slots < self.capacity
+        self.seen += count
+        return np.nonzero(keep)[0], slots[keep]
+
+    def put(self, x: np.ndarray, rows: np.ndarray, slots: np.ndarray) -> None:
+        """Store ``x[rows]`` at ``slots`` (growing the buffer while it is not yet full)."""
+        if rows.size == 0:
+            return
+        need = int(slots.max()) + 1
+        if need > self.rows.shape[0]:
+            grown = np.empty(
+                (min(max(need, 2 * self.rows.shape[0]), self.capacity), x.shape[1]), np.float32
+            )
+            grown[: self.rows.shape[0]] = self.rows
+            self.rows = grown
+        self.rows[slots] = np.asarray(x[rows], dtype=np.float32)
+
+    def sample(self) -> np.ndarray:
+        return self.rows[: min(self.seen, self.capacity)]

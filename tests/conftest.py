@@ -1,0 +1,36 @@
+"""Shared fixtures: real CLIP embeddings (COCO, ViT-B/16) and synthetic gapped embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+COCO = FIXTURES / "coco_val2017_clip_vitb16_dev250.npz"
+
+
+@pytest.fixture(scope="session")
+def coco() -> dict[str, np.ndarray]:
+    """250 real COCO image/caption pairs from CLIP ViT-B/16 plus the random-init control."""
+    with np.load(COCO) as data:
+        return {k: data[k] for k in data.files}
+
+
+def make_gapped(n: int, d: int = 64, gap: float = 0.8, seed: int = 0, noise: float = 0.5):
+    """Synthetic paired embeddings in two offset cones (a controllable modality gap)."""
+    rng = np.random.default_rng(seed)
+    content = rng.standard_normal((n, d)).astype(np.float32)
+    offset = np.zeros(d, dtype=np.float32)
+    offset[0] = 1.0
+    img = content + noise * rng.standard_normal((n, d)).astype(np.float32) + gap * 3 * offset
+    txt = content + noise * rng.standard_normal((n, d)).astype(np.float32) - gap * 3 * offset
+    img /= np.linalg.norm(img, axis=1, keepdims=True)
+    txt /= np.linalg.norm(txt, axis=1, keepdims=True)
+    return img, txt
+
+
+@pytest.fixture
+def gapped() -> tuple[np.ndarray, np.ndarray]:
+    return make_gapped(400)

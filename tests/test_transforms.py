@@ -1,0 +1,258 @@
+"""Transforms: estimator contract, each method's math, streaming, dtype/backends, artifacts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import gapfix
+from gapfix import load_transform, make_transform
+from gapfix.errors import ArtifactError, InputError, NotFittedError
+from gapfix.transforms import METHODS, TRANSFORMS
+from tests.conftest import make_gapped
+
+SIMPLE = [
+    "identity",
+    "mean-shift",
+    "target-gap",
+    "centering",
+    "standardize",
+    "whiten",
+    "ablate-dims",
+    "procrustes",
+]
+
+
+def gap(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a.mean(0) - b.mean(0)))
+
+
+def test_registry_names_match_cli() -> None:
+    assert set(METHODS) == {*SIMPLE, "auto"}
+    for name, cls in TRANSFORMS.items():
+        assert cls.method == name
+
+
+@pytest.mark.parametrize("method", SIMPLE)
+def test_estimator_contract(method: str, gapped) -> None:
+    x, y = gapped
+    t = make_transform(method)
+    with pytest.raises(NotFittedError):
+        t.transform(x, "image")
+    x_before, y_before = x.copy(), y.copy()
+    assert t.fit(x, y) is t
+    assert np.array_equal(x, x_before) and np.array_equal(y, y_before)  # inputs untouched
+    for modality, z in (("image", x), ("text", y)):
+        out = t.transform(z, modality)
+        assert out.dtype == np.float32 and out.shape == z.shape
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert t.dim_ == x.shape[1]
+    assert t.fit_stats_["n_image"] == len(x) and t.fit_stats_["gap_before"] > 0
+    assert all(name.endswith("_") for name in t.fitted_arrays)
+
+
+def test_mean_shift_formula(gapped) -> None:
+    x, y = gapped
+    t = make_transform("mean-shift", lam=1.0).fit(x, y)
+    g = x.astype(np.float64).mean(0) - y.astype(np.float64).mean(0)
+    want = x - g / 2
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(t.transform(x, "image"), want, atol=1e-5)
+    # lam = 1 moves the centroids together before renormalisation
+    raw = make_transform("mean-shift", lam=1.0, renormalize=False).fit(x, y)
+    assert gap(raw.transform(x, "image"), raw.transform(y, "text")) < 1e-5
+    wider = make_transform("mean-shift", lam=-0.5).fit(x, y)
+    assert gap(wider.transform(x, "image"), wider.transform(y, "text")) > gap(x, y)
+
+
+@pytest.mark.parametrize("target", [0.05, 0.3, 0.9])
+def test_target_gap_hits_target(target: float) -> None:
+    x, y = make_gapped(300, gap=0.5, seed=3)
+    t = make_transform("target-gap", gap=target).fit(x, y)
+    assert abs(gap(t.transform(x, "image"), t.transform(y, "text")) - target) < 2e-3
+    if target > gap(x, y):
+        assert float(t.lam_[0]) < 0
+
+
+def test_target_gap_unreachable() -> None:
+    x, y = make_gapped(100, seed=1)
+    with pytest.raises(InputError, match="below the smallest gap"):
+        make_transform("target-gap", gap=0.0, tol=1e-9).fit(x, y)
+
+
+def test_centering_and_query_mean(gapped) -> None:
+    x, y = gapped
+    t = make_transform("centering").fit(x, y)
+    assert gap(t.transform(x, "image"), t.transform(y, "text")) < 0.2 * gap(x, y)
+    q = y[:50] + 0.1
+    tq = make_transform("centering", query_text_mean=True).fit(x, y, query_text=q)
+    want = q - q.astype(np.float64).mean(0)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(tq.transform(q, "text", role="query"), want, atol=1e-5)
+    with pytest.raises(InputError):
+        make_transform("centering", query_text_mean=True).fit(x, y)
+
+
+def test_standardize_and_whiten_statistics(gapped) -> None:
+    x, y = gapped
+    s = make_transform("standardize", renormalize=False).fit(x, y)
+    z = s.transform(x, "image")
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(z.std(0), 1, atol=1e-3)
+    w = make_transform("whiten", shrinkage=0.0, renormalize=False).fit(x, y)
+    zw = w.transform(x, "image").astype(np.float64)
+    cov = np.cov(zw.T, bias=True)
+    np.testing.assert_allclose(cov, np.eye(x.shape[1]), atol=2e-3)
+    with pytest.raises(InputError):
+        make_transform("whiten", shrinkage=1.5).fit(x, y)
+
+
+def test_ablate_dims_zeroes_gap_dims(gapped) -> None:
+    x, y = gapped
+    t = make_transform("ablate-dims", k=1).fit(x, y)
+    assert t.dims_.tolist() == [0]  # the synthetic gap lives in dimension 0
+    assert np.all(t.transform(x, "image")[:, 0] == 0)
+    with pytest.raises(InputError):
+        make_transform("ablate-dims", k=0).fit(x, y)
+
+
+def test_procrustes_recovers_rotation() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((500, 16)).astype(np.float32)
+    rot, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    x = (y @ rot.T).astype(np.float32) + 0.3  # image = rotated text, offset
+    t = make_transform("procrustes", renormalize=False).fit(x, y)
+    np.testing.assert_allclose(t.rotation_, rot, atol=1e-4)
+    with pytest.raises(InputError, match="paired"):
+        make_transform("procrustes").fit(x, y[:-1])
+
+
+def test_streaming_fit_matches_batch() -> None:
+    x, y = make_gapped(5000, d=32, seed=4)
+    for method in ("centering", "standardize", "whiten", "mean-shift", "procrustes"):
+        batch = make_transform(method).fit(x, y)
+        stream = make_transform(method)
+        for i in range(0, 5000, 700):
+            stream.partial_fit(image=x[i : i + 700], text=y[i : i + 700])
+        np.testing.assert_allclose(
+            stream.transform(x, "image"), batch.transform(x, "image"), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            stream.transform(y, "text"), batch.transform(y, "text"), atol=1e-5
+        )
+    with pytest.raises(InputError):
+        make_transform("auto").partial_fit(image=x, text=y)
+
+
+def test_large_input_processed_in_blocks(tmp_path) -> None:
+    x, y = make_gapped(300, d=16)
+    t = make_transform("whiten").fit(x, y)
+    big = np.lib.format.open_memmap(
+        tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(10_000, 16)
+    )
+    big[:] = np.tile(x, (34, 1))[:10_000]
+    out = t.transform(big, "image")
+    np.testing.assert_allclose(out[:300], t.transform(x, "image"), atol=1e-6)
+
+
+def test_float64_and_list_input(gapped) -> None:
+    x, y = gapped
+    t = make_transform("centering").fit(x.astype(np.float64), y.tolist())
+    assert t.transform(x.astype(np.float64), "image").dtype == np.float32
+
+
+def test_torch_in_torch_out(gapped) -> None:
+    x, y = gapped
+    t = make_transform("whiten").fit(x, y)
+    zt = torch.from_numpy(x.copy())
+    out = t.transform(zt, "image")
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.device == zt.device
+    np.testing.assert_allclose(out.numpy(), t.transform(x, "image"), atol=1e-5)
+    assert torch.equal(zt, torch.from_numpy(x))
+
+
+@pytest.mark.gpu
+def test_gpu_matches_cpu(gapped) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    x, y = gapped
+    for method in ("centering", "mean-shift", "whiten", "procrustes"):
+        t = make_transform(method).fit(x, y)
+        gpu = t.transform(torch.from_numpy(x).cuda(), "image").cpu().numpy()
+        np.testing.assert_allclose(gpu, t.transform(x, "image"), atol=1e-5)
+
+
+def test_bad_inputs(gapped) -> None:
+    x, y = gapped
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(InputError, match="row 3"):
+        make_transform("centering").fit(bad, y)
+    zero = x.copy()
+    zero[5] = 0
+    with pytest.raises(InputError, match="zero vector"):
+        make_transform("centering").fit(zero, y)
+    with pytest.raises(InputError, match="2-D"):
+        make_transform("centering").fit(x[0], y)
+    with pytest.raises(InputError, match="at least 2 rows"):
+        make_transform("centering").fit(x[:1], y)
+    with pytest.raises(InputError, match="dimension"):
+        make_transform("centering").fit(x, y[:, :10])
+    with pytest.raises(InputError, match="unknown method"):
+        make_transform("nope")
+    with pytest.raises(InputError, match="unknown parameter"):
+        make_transform("mean-shift", lamda=2)
+    with pytest.raises(InputError, match="must be a float"):
+        make_transform("mean-shift", lam="abc")
+    t = make_transform("centering").fit(x, y)
+    with pytest.raises(InputError, match=r"dimension 10 .* dimension 64"):
+        t.transform(x[:, :10], "image")
+    with pytest.raises(InputError, match="modality"):
+        t.transform(x, "audio")
+
+
+@pytest.mark.parametrize("method", [*SIMPLE, "auto"])
+def test_artifact_round_trip(method: str, tmp_path, gapped) -> None:
+    x, y = gapped
+    t = make_transform(method).fit(x, y)
+    path = tmp_path / "t.gapfix"
+    t.save(path, model_id="ViT-B-32/laion2b_s34b_b79k")
+    loaded = load_transform(path)
+    assert loaded.method == method
+    assert loaded.get_params() == t.get_params()
+    assert loaded.fit_stats_["gap_after"] == pytest.approx(t.fit_stats_["gap_after"])
+    assert loaded.model_id == "ViT-B-32/laion2b_s34b_b79k"
+    for modality, z in (("image", x), ("text", y)):
+        np.testing.assert_array_equal(loaded.transform(z, modality), t.transform(z, modality))
+    if method == "auto":
+        assert loaded.fit_table_ == t.fit_table_ and loaded.chosen_ == t.chosen_
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_artifact_refusals(tmp_path, gapped) -> None:
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    x, y = gapped
+    path = tmp_path / "t.gapfix"
+    make_transform("centering").fit(x, y).save(path)
+    from gapfix.transforms.artifact import read_metadata
+
+    meta = read_metadata(path)
+    assert meta["format_version"].startswith("1.") and meta["gapfix_version"] == gapfix.__version__
+    assert meta["fit_stats"]["n_text"] == len(y)
+    meta["format_version"] = "2.0"
+    future = tmp_path / "future.gapfix"
+    save_file(load_file(path), future, metadata={"gapfix": json.dumps(meta)})
+    with pytest.raises(ArtifactError, match=r"format version 2\.0"):
+        load_transform(future)
+    junk = tmp_path / "junk.gapfix"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(ArtifactError):
+        load_transform(junk)
+    with pytest.raises(ArtifactError, match="not found"):
+        load_transform(tmp_path / "missing.gapfix")
+    # pickle is never involved: the file is a plain safetensors header + raw arrays
+    assert path.read_bytes()[8:9] == b"{"
