@@ -288,8 +288,11 @@ class Collection:
             if space == "corrected" and side.get("transform") != fp:
                 raise IndexFileError("corrected index was built with another transform")
         except IndexFileError as exc:
-            log.warning("collection %s: rebuilding %s index (%s)", self.name, space, exc)
-            self.repair_report[space] = f"rebuilt: {exc}"
+            if expected.size == 0:  # nothing stored yet (e.g. dim given at creation)
+                self.repair_report[space] = "empty"
+            else:
+                log.warning("collection %s: rebuilding %s index (%s)", self.name, space, exc)
+                self.repair_report[space] = f"rebuilt: {exc}"
             return self._rebuild(space, transform, fp)
         present = idx.all_ids()
         if idx.deleted:
