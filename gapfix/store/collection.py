@@ -1047,11 +1047,11 @@ class Collection:
         except Exception as exc:
             log.exception("collection %s: %s job failed", self.name, job.kind)
             with self._write_lock:
-                if not job.cancelled and self._job is job:
+                if not job.cancelled and self._job is job and job.kind == "transform":
+                    # a failed compaction is only logged; a failed switch shows in the status
                     self._last_error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
-                    if job.kind == "transform":
-                        with contextlib.suppress(Exception), self._db.tx():
-                            self._db.set_meta("pending_transform", None)
+                    with contextlib.suppress(Exception), self._db.tx():
+                        self._db.set_meta("pending_transform", None)
                     self._cleanup_files()
         finally:
             with self._write_lock:
