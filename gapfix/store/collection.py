@@ -717,7 +717,9 @@ class Collection:
                     continue
                 if seq not in meta:
                     meta[seq] = json.loads(rec[1])
-                hits.append(Hit(rec[0], d, CODE_MODALITY[f >> SEQ_BITS], meta[seq]))
+                hits.append(
+                    Hit(rec[0], d, CODE_MODALITY[f >> SEQ_BITS], meta[seq], rec[2], bool(rec[3]))
+                )
             out.append(hits)
         return out
 

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS items (
     has_thumb INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     image BLOB,
-    text BLOB
+    text BLOB,
+    caption TEXT
 );
 CREATE TABLE IF NOT EXISTS thumbnails (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS centroids (
@@ -138,6 +139,9 @@ class ItemDB:
         self.path = path
         self._w = _connect(path)
         self._w.executescript(_SCHEMA)
+        cols = {r[1] for r in self._w.execute("PRAGMA table_info(items)")}
+        if "caption" not in cols:  # a collection created before captions were stored
+            self._w.execute("ALTER TABLE items ADD COLUMN caption TEXT")
         self._pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._all: list[sqlite3.Connection] = [self._w]
         self._lock = threading.Lock()
@@ -206,9 +210,10 @@ class ItemDB:
             img = batch.image[i].tobytes() if batch.has_image[i] else None
             txt = batch.text[i].tobytes() if batch.has_text[i] else None
             thumb = batch.thumbnails[i]
+            caption = batch.captions[i] if batch.captions else None
             cur = conn.execute(
                 "INSERT INTO items(id, modality, weight, metadata, has_thumb, created, image, "
-                "text) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "text, caption) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     item_id,
                     int(batch.codes[i]),
@@ -218,6 +223,7 @@ class ItemDB:
                     now,
                     img,
                     txt,
+                    caption,
                 ),
             )
             seq = int(cur.lastrowid)
@@ -300,29 +306,31 @@ class ItemDB:
             out[CODE_MODALITY[code]] = int(n)
         return out
 
-    def lookup(self, seqs: Sequence[int]) -> dict[int, tuple[str, str]]:
-        """``seq -> (id, metadata JSON)`` for hits (read connection)."""
-        out: dict[int, tuple[str, str]] = {}
+    def lookup(self, seqs: Sequence[int]) -> dict[int, tuple[str, str, str | None, int]]:
+        """``seq -> (id, metadata JSON, caption, has_thumb)`` for hits (read connection)."""
+        out: dict[int, tuple[str, str, str | None, int]] = {}
         with self.reader() as conn:
             for start in range(0, len(seqs), SQL_CHUNK):
                 part = [int(s) for s in seqs[start : start + SQL_CHUNK]]
                 marks = ",".join("?" * len(part))
-                for seq, item_id, meta in conn.execute(
-                    f"SELECT seq, id, metadata FROM items WHERE seq IN ({marks})", part
+                for seq, item_id, meta, caption, has_thumb in conn.execute(
+                    "SELECT seq, id, metadata, caption, has_thumb FROM items "
+                    f"WHERE seq IN ({marks})",
+                    part,
                 ):
-                    out[seq] = (item_id, meta)
+                    out[seq] = (item_id, meta, caption, has_thumb)
         return out
 
     def get_item(self, item_id: str) -> Item | None:
         with self.reader() as conn:
             row = conn.execute(
-                "SELECT modality, weight, metadata, has_thumb, created, image, text "
+                "SELECT modality, weight, metadata, has_thumb, created, image, text, caption "
                 "FROM items WHERE id = ?",
                 (item_id,),
             ).fetchone()
         if row is None:
             return None
-        code, weight, meta, has_thumb, created, img, txt = row
+        code, weight, meta, has_thumb, created, img, txt, caption = row
         modality = CODE_MODALITY[code]
         return Item(
             id=item_id,
@@ -333,6 +341,7 @@ class ItemDB:
             weight=float(weight) if modality == "document" else None,
             has_thumbnail=bool(has_thumb),
             created_at=float(created),
+            caption=caption,
         )
 
     def get_thumbnail(self, item_id: str) -> tuple[bool, bytes | None]:

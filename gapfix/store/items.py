@@ -29,6 +29,7 @@ SEQ_MASK = (1 << SEQ_BITS) - 1
 MAX_ID_CHARS = 256
 MAX_METADATA_BYTES = 64 * 1024
 MAX_THUMBNAIL_BYTES = 512 * 1024
+MAX_CAPTION_BYTES = 64 * 1024
 DEFAULT_WEIGHT = 0.5
 _BAD_ID_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -55,7 +56,8 @@ class ItemIn:
     ``weight`` is the image weight of a document's fused vector:
     ``normalise(weight * image + (1 - weight) * text)`` (ignored for single-modality items).
     ``thumbnail`` holds small opaque bytes (the service stores a JPEG) returned by
-    ``Collection.get_thumbnail``.
+    ``Collection.get_thumbnail``. ``caption`` is the original text (at most 64 KiB), returned
+    with the item and its search hits.
     """
 
     id: str
@@ -64,6 +66,7 @@ class ItemIn:
     metadata: dict[str, Any] | None = None
     weight: float = DEFAULT_WEIGHT
     thumbnail: bytes | None = None
+    caption: str | None = None
 
 
 @dataclass
@@ -78,16 +81,20 @@ class Item:
     weight: float | None = None
     has_thumbnail: bool = False
     created_at: float = 0.0
+    caption: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """One search result: item id, inner-product score (cosine), item modality, metadata."""
+    """One search result: item id, inner-product score (cosine), item modality, metadata,
+    the item's caption (None if it has none) and whether it has a thumbnail."""
 
     id: str
     score: float
     modality: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    caption: str | None = None
+    has_thumbnail: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +102,8 @@ class Hit:
             "score": self.score,
             "modality": self.modality,
             "metadata": self.metadata,
+            "caption": self.caption,
+            "has_thumbnail": self.has_thumbnail,
         }
 
 
@@ -111,6 +120,7 @@ class Batch:
     weights: np.ndarray  # (n,) float32, image weight of documents (1/0 for single modality)
     metadata_json: list[str]
     thumbnails: list[bytes | None]
+    captions: list[str | None] = field(default_factory=list)
 
     @property
     def dim(self) -> int:
@@ -211,6 +221,7 @@ def validate_batch(items: Sequence[ItemIn], dim: int | None) -> Batch:
     weights = np.empty(n, np.float32)
     metadata_json: list[str] = []
     thumbnails: list[bytes | None] = []
+    captions: list[str | None] = []
     for i, it in enumerate(items):
         p = f"items[{i}]"
         if not isinstance(it, ItemIn):
@@ -263,6 +274,15 @@ def validate_batch(items: Sequence[ItemIn], dim: int | None) -> Batch:
                     f"{p}.thumbnail is larger than {MAX_THUMBNAIL_BYTES} bytes", f"{p}.thumbnail"
                 )
         thumbnails.append(th)
+        cap = it.caption
+        if cap is not None:
+            if not isinstance(cap, str):
+                raise InputError(f"{p}.caption must be a string", param=f"{p}.caption")
+            if len(cap.encode("utf-8", "surrogatepass")) > MAX_CAPTION_BYTES:
+                raise PayloadTooLargeError(
+                    f"{p}.caption is larger than {MAX_CAPTION_BYTES} bytes", f"{p}.caption"
+                )
+        captions.append(cap)
 
     d = dim
     for m in ("image", "text"):
@@ -309,6 +329,7 @@ def validate_batch(items: Sequence[ItemIn], dim: int | None) -> Batch:
         weights=weights,
         metadata_json=metadata_json,
         thumbnails=thumbnails,
+        captions=captions,
     )
 
 
