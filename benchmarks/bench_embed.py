@@ -1,0 +1,107 @@
+"""`gapfix embed` throughput vs a bare open_clip loop over already-decoded tensors.
+
+Same model (ViT-B-32 architecture, random init: no weights can be downloaded here; the cost of
+a forward pass does not depend on the weights), same batch size, same images. The bare loop
+gets everything for free that the job must do itself: listing, reading, JPEG decoding,
+preprocessing, writing parquet shards and the manifest. Target: job / bare >= 0.8, i.e. the
+decode workers keep the model busy. Then the same job on Ray Data with 2 model actors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks._common import BenchResult
+
+MODEL = os.environ.get("GAPFIX_BENCH_EMBED_MODEL", "ViT-B-32")
+N_IMAGES = int(os.environ.get("GAPFIX_BENCH_EMBED_N", "192"))
+BATCH = 32
+SIZE = (320, 240)  # JPEGs of a typical web-image size, decoded and resized to 224 by the job
+
+
+def _make_images(root: Path, n: int) -> None:
+    from gapfix.jobs.testing import image_bytes
+
+    root.mkdir(parents=True)
+    for i in range(n):
+        (root / f"{i:05d}.jpg").write_bytes(image_bytes(i, SIZE, fmt="JPEG"))
+
+
+def _bare_loop(encoder, root: Path) -> float:
+    """items/s of model.encode_image + normalise over preprocessed tensors, batch by batch."""
+    import torch
+
+    files = sorted(root.iterdir())
+    pixels = encoder.preprocess_images([f.read_bytes() for f in files])  # not timed
+    batches = [pixels[s : s + BATCH] for s in range(0, len(files), BATCH)]
+    model = encoder.model
+    with torch.inference_mode():
+        model.encode_image(batches[0])  # warm-up
+        t0 = time.perf_counter()
+        for b in batches:
+            torch.nn.functional.normalize(model.encode_image(b).float(), dim=-1).numpy()
+        return len(files) / (time.perf_counter() - t0)
+
+
+def _job(encoder, root: Path, out: Path, **kw) -> float:
+    from gapfix.jobs import EmbedOptions, run_embed
+
+    opts = EmbedOptions(
+        model=MODEL, pretrained="none", batch_size=BATCH, shard_size=64, progress="off", **kw
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    s = run_embed(root, out, opts, encoder=encoder, log=lambda _m: None)
+    dt = time.perf_counter() - t0
+    assert s["items"] == N_IMAGES and s["failures"] == 0, s
+    return N_IMAGES / dt
+
+
+def run() -> list[BenchResult]:
+    from gapfix.encoders import load_encoder
+
+    tmp = Path(tempfile.mkdtemp(prefix="gapfix-bench-embed-"))
+    try:
+        _make_images(tmp / "imgs", N_IMAGES)
+        encoder = load_encoder(MODEL, "none", device="cpu", max_batch_size=BATCH)
+        bare = _bare_loop(encoder, tmp / "imgs")
+        local = _job(encoder, tmp / "imgs", tmp / "out-local", workers=1)
+        note = f"{MODEL} random init, batch {BATCH}, {N_IMAGES} JPEGs {SIZE[0]}x{SIZE[1]}"
+        results = [
+            BenchResult(
+                "embed job (1 decode worker) vs bare open_clip loop",
+                local,
+                "items/s",
+                baseline=bare,
+                baseline_name="bare loop, pre-decoded tensors",
+                target=0.8,
+                note=note + "; job wall time incl. listing, decode, parquet + manifest writes",
+            )
+        ]
+        try:
+            import ray
+        except ImportError:  # pragma: no cover - ray is a test/extra dependency
+            return results
+        # 2 model actors + decode tasks share the 2 cores: logical CPUs above the physical count
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        try:
+            on_ray = _job(encoder, tmp / "imgs", tmp / "out-ray", workers=2, ray="local")
+        finally:
+            ray.shutdown()
+        results.append(
+            BenchResult(
+                "embed job on Ray Data (2 model actors) vs bare open_clip loop",
+                on_ray,
+                "items/s",
+                baseline=bare,
+                baseline_name="bare loop, pre-decoded tensors",
+                note=note + "; wall time incl. actor start-up and model load in each actor",
+            )
+        )
+        return results
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

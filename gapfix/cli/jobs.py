@@ -1,0 +1,135 @@
+"""Batch job commands: ``gapfix embed``, ``gapfix correct``, ``gapfix index build``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from gapfix.cli._app import app, guarded
+
+index_app = typer.Typer(
+    help="Build search collections from embedding shards.", no_args_is_help=True
+)
+app.add_typer(index_app, name="index")
+
+_RAY_HELP = "Run on Ray Data: 'local' starts a local Ray instance, else a cluster address."
+_PROGRESS_HELP = "auto (bar on a terminal, log lines otherwise), bar, log or off."
+
+
+def _print_json(summary: dict) -> None:
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+@guarded
+def embed(
+    input: str = typer.Argument(
+        ...,
+        help="Image folder (recursive), CSV/TSV/parquet table (id, image, caption/text), or "
+        "WebDataset .tar shards (a file, a folder of .tar, or a brace pattern).",
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder (shards + manifest.json)."),
+    model: str = typer.Option("ViT-B-32", "--model", help="open_clip architecture."),
+    pretrained: str = typer.Option(
+        "laion2b_s34b_b79k", "--pretrained", help="Weights tag, hf-hub: id, checkpoint or none."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", help="Items per model batch."),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        help="Decode workers (local; default cores-1) or model actors (Ray; default #GPUs or 1).",
+    ),
+    shard_size: int = typer.Option(
+        10_000, "--shard-size", help="Input items per output shard (tar inputs: one per tar)."
+    ),
+    max_pixels: int = typer.Option(
+        40_000_000, "--max-pixels", help="Skip images with more pixels than this."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16, bf16."),
+    ray: str = typer.Option(None, "--ray", help=_RAY_HELP),
+    progress: str = typer.Option("auto", "--progress", help=_PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Embed images and captions into resumable parquet shards with a manifest."""
+    from gapfix.jobs.embed import EmbedOptions, run_embed
+
+    opts = EmbedOptions(
+        model=model,
+        pretrained=pretrained,
+        batch_size=batch_size,
+        workers=workers,
+        shard_size=shard_size,
+        max_pixels=max_pixels,
+        device=device,
+        precision=precision,
+        ray=ray,
+        progress=progress,
+    )
+    summary = run_embed(input, out, opts)
+    if as_json:
+        _print_json(summary)
+
+
+@app.command()
+@guarded
+def correct(
+    manifest: Path = typer.Option(..., "--manifest", help="manifest.json of an embed job."),
+    transform: Path = typer.Option(..., "--transform", help="Transform artifact (gapfix fit)."),
+    out: Path = typer.Option(..., "--out", help="Output folder for the corrected shards."),
+    ray: str = typer.Option(None, "--ray", help=_RAY_HELP),
+    workers: int = typer.Option(None, "--workers", help="Transform actors on Ray (default 1)."),
+    progress: str = typer.Option("auto", "--progress", help=_PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Re-correct embedding shards with a transform (no re-encoding); resumable."""
+    from gapfix.jobs.correct import run_correct
+
+    summary = run_correct(
+        manifest, transform, out, ray=ray, workers=workers, progress_mode=progress
+    )
+    if as_json:
+        _print_json(summary)
+
+
+@index_app.command("build")
+@guarded
+def index_build(
+    manifest: Path = typer.Option(..., "--manifest", help="manifest.json of an embed job."),
+    data_dir: Path = typer.Option(..., "--data-dir", help="Store data directory (gapfix serve)."),
+    collection: str = typer.Option(..., "--collection", help="Collection name."),
+    index: str = typer.Option("flat", "--index", help="flat, hnsw or ivfpq."),
+    transform: Path = typer.Option(
+        None, "--transform", help="Transform artifact to activate on the collection."
+    ),
+    pairs: str = typer.Option(
+        "document",
+        "--pairs",
+        help="Rows with an image and a text under one id: 'document' (one fused item) or "
+        "'split' (items ID#image and ID#text).",
+    ),
+    weight: float = typer.Option(0.5, "--weight", help="Image weight of document items."),
+    upsert: bool = typer.Option(
+        False, "--upsert", help="Add to an existing collection, replacing equal ids."
+    ),
+    progress: str = typer.Option("auto", "--progress", help=_PROGRESS_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Turn embedding shards into a collection that `gapfix serve --data-dir` serves."""
+    from gapfix.jobs.index import build_index
+
+    summary = build_index(
+        manifest,
+        data_dir,
+        collection,
+        index=index,
+        transform=transform,
+        pairs=pairs,
+        weight=weight,
+        upsert=upsert,
+        progress_mode=progress,
+    )
+    if as_json:
+        _print_json(summary)

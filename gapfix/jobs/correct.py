@@ -1,0 +1,169 @@
+"""`gapfix correct`: apply a transform artifact to every shard of an embed job (no re-encoding).
+
+Output shard *i* holds the rows of input shard *i* with corrected embeddings (same ids, order,
+modalities and metadata); the output manifest records the transform. Resumable like embed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gapfix.errors import InputError
+from gapfix.jobs.embed import _run_with_writer, _summary
+from gapfix.jobs.manifest import read_manifest, shard_file
+from gapfix.jobs.progress import Progress
+from gapfix.jobs.runner import ShardJob, ShardResult
+from gapfix.jobs.shards import ShardData, read_shard
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def source_fingerprint(m: dict[str, Any]) -> str:
+    """Fingerprint of a finished shard set: model, dim, and each shard's file size and counts."""
+    h = hashlib.sha256()
+    h.update(f"{(m.get('model') or {}).get('id')}\n{m['dim']}\n".encode())
+    h.update(f"{(m.get('transform') or {}).get('sha256')}\n".encode())
+    for rec in m["shards"]:
+        p = shard_file(m, rec)
+        size = p.stat().st_size if p.is_file() else -1
+        h.update(f"{rec['index']}\t{rec['file']}\t{size}\t{sorted(rec['rows'].items())}\n".encode())
+    return h.hexdigest()
+
+
+def correct_shard(data: ShardData, transform: Any) -> ShardData:
+    """A copy of ``data`` with each modality's embeddings corrected by ``transform``."""
+    emb = np.array(data.embeddings, dtype=np.float32, copy=True)
+    mods = np.asarray(data.modalities)
+    for modality in ("image", "text"):
+        rows = np.flatnonzero(mods == modality)
+        if rows.size:
+            emb[rows] = transform.transform(emb[rows], modality)
+    return ShardData(list(data.ids), list(data.modalities), emb, list(data.metadata))
+
+
+def run_correct(
+    manifest: str | Path,
+    transform_path: str | Path,
+    out: str | Path,
+    *,
+    ray: str | None = None,
+    workers: int | None = None,
+    progress_mode: str = "auto",
+    log_interval: float = 10.0,
+    log: Callable[[str], None] = _stderr,
+) -> dict[str, Any]:
+    """Write corrected copies of the shards of ``manifest`` under ``out``; returns a summary."""
+    from gapfix import load_transform
+
+    src = read_manifest(manifest)
+    if not src.get("complete"):
+        t = src.get("totals", {})
+        raise InputError(
+            f"{manifest}: the embed job is not finished ({t.get('shards_done')}/"
+            f"{t.get('shards_total')} shards); rerun it to completion first",
+            param="manifest",
+        )
+    transform = load_transform(transform_path)
+    dim = int(src["dim"])
+    if int(transform.dim_) != dim:
+        raise InputError(
+            f"transform {transform_path} was fitted on dimension {transform.dim_}, "
+            f"but the shards have dimension {dim}",
+            param="transform",
+        )
+    model = dict(src.get("model") or {})
+    tr_model = getattr(transform, "model_id", None)
+    if tr_model and model.get("id") and tr_model != model["id"]:
+        raise InputError(
+            f"transform {transform_path} was fitted on embeddings of model {tr_model!r}, "
+            f"the shards come from {model['id']!r}",
+            param="transform",
+        )
+    if Path(out).resolve() == Path(src["root"]).resolve():
+        raise InputError("--out must differ from the input shards' folder", param="out")
+    transform_info = {
+        "path": str(Path(transform_path).resolve()),
+        "sha256": file_sha256(transform_path),
+        "method": transform.method,
+        "summary": transform.to_summary(),
+    }
+    src_recs = {r["index"]: r for r in src["shards"]}
+    input_info = {
+        "kind": "shards",
+        "path": str(Path(src["root"]) / "manifest.json"),
+        "fingerprint": source_fingerprint(src),
+        "shard_size": (src.get("input") or {}).get("shard_size"),
+        "num_shards": int(src["input"]["num_shards"]),
+        "total_items": int(src["totals"]["rows"]),
+        "source_model": model,
+    }
+    job = ShardJob(
+        out,
+        kind="correct",
+        model=model,
+        dim=dim,
+        input_info=input_info,
+        transform=transform_info,
+        log=log,
+    )
+    pending = job.open()
+    skipped = len(src_recs) - len(pending)
+    if skipped:
+        log(f"correct: resuming: {skipped} of {len(src_recs)} shards already done")
+    remaining = sum(
+        int(src_recs[i]["rows"]["image"] + src_recs[i]["rows"]["text"]) for i in pending
+    )
+    progress = Progress("correct", remaining, mode=progress_mode, interval=log_interval)
+    counts = {"image": 0, "text": 0, "items": 0, "failures": 0, "shards": 0}
+    t0 = time.monotonic()
+
+    def commit(res: ShardResult) -> None:
+        res.items = int(src_recs[res.index].get("items", len(res.data)))
+        job.commit(res)
+        c = res.data.counts()
+        counts["image"] += c["image"]
+        counts["text"] += c["text"]
+        counts["items"] += len(res.data)
+        counts["shards"] += 1
+
+    def produce_local(on_result: Callable[[ShardResult], None]) -> None:
+        for idx in pending:
+            t = time.monotonic()
+            data = read_shard(shard_file(src, src_recs[idx]))
+            fixed = correct_shard(data, transform)
+            on_result(ShardResult(idx, fixed, [], len(data), time.monotonic() - t))
+            progress.update(len(data))
+
+    def produce_ray(on_result: Callable[[ShardResult], None]) -> None:
+        from gapfix.jobs.ray_backend import run_correct_ray
+
+        shards = [(i, str(shard_file(src, src_recs[i]))) for i in pending]
+        run_correct_ray(
+            ray or "local", shards, str(transform_path), workers, dim, on_result, progress
+        )
+
+    try:
+        if pending:
+            _run_with_writer(produce_ray if ray else produce_local, commit)
+    finally:
+        progress.close()
+        job.finish()
+    return _summary("correct", job, counts, time.monotonic() - t0, skipped, log)

@@ -1,0 +1,318 @@
+"""`gapfix embed`: encode an image folder, a table or WebDataset shards into parquet shards.
+
+Single machine: a torch DataLoader whose workers read, decode and preprocess batches (and
+tokenize captions) ahead of the model, which runs in the main process; finished shards are
+written by one background thread so the model never waits on disk. With ``ray=...`` the same
+work runs on Ray Data (`gapfix.jobs.ray_backend`). Either way the output folder is a resumable
+`ShardJob`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gapfix.errors import InputError
+from gapfix.jobs.model import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ModelSpec,
+    embed_batch,
+    make_preparer,
+)
+from gapfix.jobs.prepare import PreparedBatch, Preparer, count_slots
+from gapfix.jobs.progress import Progress
+from gapfix.jobs.runner import ShardAssembler, ShardJob, ShardResult
+from gapfix.jobs.sources import Plan, Source, open_source
+
+DEFAULT_SHARD_SIZE = 10_000
+DEFAULT_BATCH_SIZE = 64
+
+
+def default_workers() -> int:
+    """Decode workers: all cores but the one the model runs on (at least 1, at most 8)."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class EmbedOptions:
+    """Options of `gapfix embed` (the CLI flags)."""
+
+    model: str = DEFAULT_MODEL
+    pretrained: str = DEFAULT_PRETRAINED
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    device: str = "auto"
+    precision: str = "auto"
+    prefetch: int = 4  # batches each worker prepares ahead
+    ray: str | None = None  # None: single machine; "local" or a cluster address
+    progress: str = "auto"  # auto | bar | log | off
+    log_interval: float = 10.0
+
+    def check(self) -> None:
+        for name in ("batch_size", "shard_size", "max_pixels", "prefetch"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1", param=name)
+        if self.workers is not None and self.workers < 0:
+            raise InputError("--workers must be >= 0", param="workers")
+        if self.progress not in ("auto", "bar", "log", "off"):
+            raise InputError("progress must be auto, bar, log or off", param="progress")
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            self.model,
+            self.pretrained,
+            self.device,
+            self.precision,
+            max(self.batch_size, 1),
+            self.max_pixels,
+        )
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _batches(
+    source: Source, plan: Plan, pending: list[int], batch_size: int
+) -> Iterator[tuple[int, int, list[Any]]]:
+    """Batch descriptors ``(shard, slots in shard, items)``; never crosses a shard boundary."""
+    for idx in pending:
+        items = source.read_items(plan.shards[idx])
+        expected = count_slots(items)
+        if not items:
+            yield idx, expected, []
+        for s in range(0, len(items), batch_size):
+            yield idx, expected, items[s : s + batch_size]
+
+
+class _Prepare:
+    """Map-style "dataset" whose index is a batch descriptor; runs in DataLoader workers."""
+
+    def __init__(self, preparer: Preparer) -> None:
+        self.preparer = preparer
+
+    def __getitem__(self, desc: tuple[int, int, list[Any]]) -> PreparedBatch:
+        shard, expected, items = desc
+        batch = self.preparer(shard, expected, items)
+        batch.n_items = len(items)  # type: ignore[attr-defined]
+        return batch
+
+
+class _Descriptors:
+    """An iterable "sampler" yielding batch descriptors lazily (shards are read on demand)."""
+
+    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.make()
+
+
+def _first(batch: Any) -> Any:
+    return batch
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_local(
+    source: Source,
+    plan: Plan,
+    pending: list[int],
+    encoder: Any,
+    opts: EmbedOptions,
+    dim: int,
+    on_result: Callable[[ShardResult], None],
+    progress: Progress,
+) -> None:
+    """The single-machine pipeline: DataLoader workers prepare, the model embeds here."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    workers = default_workers() if opts.workers is None else opts.workers
+    preparer = make_preparer(encoder, opts.max_pixels)
+    sampler = _Descriptors(lambda: _batches(source, plan, pending, opts.batch_size))
+    loader_kw: dict[str, Any] = {}
+    if workers > 0:
+        loader_kw = {
+            "num_workers": workers,
+            "prefetch_factor": opts.prefetch,
+            "worker_init_fn": _worker_init,
+            "persistent_workers": False,
+        }
+    loader = DataLoader(
+        _Prepare(preparer),  # type: ignore[arg-type]
+        batch_size=None,
+        sampler=sampler,  # type: ignore[arg-type]
+        collate_fn=_first,
+        **loader_kw,
+    )
+    assemblers: dict[int, ShardAssembler] = {}
+    with torch.inference_mode():
+        for batch in loader:
+            a = assemblers.get(batch.shard)
+            if a is None:
+                a = assemblers[batch.shard] = ShardAssembler(batch.shard, batch.expected)
+            embed_batch(encoder, batch)
+            for row in batch.slots:
+                a.add(row)
+            progress.update(batch.n_items, batch.failures)
+            if a.done:
+                on_result(a.result(dim))
+                del assemblers[batch.shard]
+    if assemblers:  # cannot happen unless a worker lost batches; never commit a partial shard
+        raise RuntimeError(f"shards left incomplete: {sorted(assemblers)}")
+
+
+def _model_info(encoder: Any, opts: EmbedOptions) -> dict[str, Any]:
+    return {"id": str(encoder.model_id), "name": opts.model, "pretrained": opts.pretrained}
+
+
+def run_embed(
+    input_spec: str,
+    out: str | Path,
+    opts: EmbedOptions | None = None,
+    *,
+    encoder: Any = None,
+    setup: Callable[[], None] | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> dict[str, Any]:
+    """Embed ``input_spec`` into shards under ``out`` (resuming a previous run); returns a summary.
+
+    ``encoder`` may be passed pre-loaded (tests, benchmarks); otherwise it is loaded from
+    ``opts.model``/``opts.pretrained``. ``setup`` (picklable, no arguments) runs in each Ray
+    model actor before it loads the encoder (e.g. to register a custom open_clip config).
+    """
+    opts = opts or EmbedOptions()
+    opts.check()
+    source = open_source(str(input_spec))
+    plan = source.plan(opts.shard_size)
+    if plan.ignored_files:
+        log(f"embed: ignoring {plan.ignored_files} non-image files under {source.path}")
+    if encoder is None:
+        encoder = opts.spec().load()
+    dim = int(encoder.dim)
+    input_info = {
+        **source.describe(),
+        "path": str(Path(source.path).resolve()) if os.path.exists(source.path) else source.path,
+        "fingerprint": plan.fingerprint,
+        "shard_size": opts.shard_size if source.kind != "webdataset" else None,
+        "num_shards": len(plan.shards),
+        "total_items": plan.total_items,
+    }
+    job = ShardJob(
+        out, kind="embed", model=_model_info(encoder, opts), dim=dim, input_info=input_info, log=log
+    )
+    pending = job.open()
+    skipped = len(plan.shards) - len(pending)
+    if skipped:
+        log(f"embed: resuming: {skipped} of {len(plan.shards)} shards already done")
+    remaining = None
+    if plan.total_items is not None:
+        remaining = plan.total_items - sum(int(r["items"]) for r in job.manifest["shards"])
+    progress = Progress("embed", remaining, mode=opts.progress, interval=opts.log_interval)
+    counts = {"image": 0, "text": 0, "items": 0, "failures": 0, "shards": 0}
+    t0 = time.monotonic()
+
+    def commit_and_count(res: ShardResult) -> None:
+        job.commit(res)
+        c = res.data.counts()
+        counts["image"] += c["image"]
+        counts["text"] += c["text"]
+        counts["items"] += res.items
+        counts["failures"] += len(res.failures)
+        counts["shards"] += 1
+
+    try:
+        if pending:
+            if opts.ray:
+                from gapfix.jobs.ray_backend import run_embed_ray
+
+                preparer = make_preparer(encoder, opts.max_pixels)
+
+                def produce(on_result: Callable[[ShardResult], None]) -> None:
+                    run_embed_ray(
+                        source, plan, pending, opts, dim, on_result, progress, preparer, setup
+                    )
+            else:
+
+                def produce(on_result: Callable[[ShardResult], None]) -> None:
+                    run_local(source, plan, pending, encoder, opts, dim, on_result, progress)
+
+            _run_with_writer(produce, commit_and_count)
+    finally:
+        progress.close()
+        job.finish()
+    return _summary("embed", job, counts, time.monotonic() - t0, skipped, log)
+
+
+def _run_with_writer(
+    produce: Callable[[Callable[[ShardResult], None]], None],
+    commit: Callable[[ShardResult], None],
+) -> None:
+    """Run ``produce`` while one background thread commits finished shards in order."""
+    futures: list[Future[None]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gapfix-shard-writer") as pool:
+
+        def submit(res: ShardResult) -> None:
+            # surface a failed write early instead of queueing more work behind it
+            for f in [f for f in futures if f.done()]:
+                f.result()
+                futures.remove(f)
+            futures.append(pool.submit(commit, res))
+
+        try:
+            produce(submit)
+        finally:
+            for f in futures:
+                f.result()
+
+
+def _summary(
+    kind: str,
+    job: ShardJob,
+    counts: dict[str, int],
+    seconds: float,
+    skipped: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    totals = job.manifest["totals"]
+    rate = counts["items"] / seconds if seconds > 0 else 0.0
+    summary = {
+        "kind": kind,
+        "out": str(job.out),
+        "items": counts["items"],
+        "rows": {"image": counts["image"], "text": counts["text"]},
+        "failures": counts["failures"],
+        "shards_written": counts["shards"],
+        "shards_skipped": skipped,
+        "seconds": round(seconds, 3),
+        "items_per_s": round(rate, 2),
+        "totals": totals,
+        "complete": job.manifest["complete"],
+        "manifest": str(job.manifest_file),
+    }
+    log(
+        f"{kind}: {counts['items']} items in {seconds:.1f}s ({rate:.1f} items/s): "
+        f"{counts['image']} image + {counts['text']} text rows, {counts['failures']} failures; "
+        f"{counts['shards']} shards written, {skipped} already done"
+    )
+    log(
+        f"{kind}: totals {totals['rows']} rows ({totals['image']} image, {totals['text']} text), "
+        f"{totals['failures']} failures (see {job.out / 'failures.jsonl'}), "
+        f"{totals['shards_done']}/{totals['shards_total']} shards"
+    )
+    return summary

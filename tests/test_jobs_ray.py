@@ -1,0 +1,111 @@
+"""The Ray Data backend on a local Ray instance: same output as the single-machine path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gapfix.jobs import EmbedOptions, read_manifest, run_correct, run_embed
+from gapfix.jobs import testing as T
+from gapfix.jobs.failures import read_failures
+from gapfix.jobs.shards import read_shard
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """The tiny model's ops are too small for threads; with a decode worker on a 2-core box
+    extra torch threads only wait on each other (keeps the suite fast, results unchanged)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from gapfix.encoders import load_encoder
+
+    root = tmp_path_factory.mktemp("ray")
+    ckpt = T.write_tiny_checkpoint(root / "tiny.pt")
+    table, _ = T.make_table(root / "tab", n=10, fmt="parquet")
+    (root / "tab" / "images" / "huge.png").write_bytes(T.huge_png_bytes())
+    with open(table.with_suffix(".csv"), "w") as fh:  # the same rows plus a header bomb
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(table).to_pylist()
+        rows.append({"id": "huge", "image": "images/huge.png", "caption": "big", "score": -5})
+        fh.write("id,image,caption,score\n")
+        fh.writelines(f"{r['id']},{r['image']},{r['caption']},{r['score']}\n" for r in rows)
+    encoder = load_encoder("gapfix-tiny", ckpt)
+    opts = dict(model="gapfix-tiny", pretrained=ckpt, batch_size=4, shard_size=4, progress="off")
+    local = root / "local"
+    run_embed(table.with_suffix(".csv"), local, EmbedOptions(workers=1, **opts), encoder=encoder)
+    return {"root": root, "table": table.with_suffix(".csv"), "opts": opts, "enc": encoder,
+            "local": local}  # fmt: skip
+
+
+def _rows(out):
+    m = read_manifest(out)
+    parts = [read_shard(out / r["file"]) for r in m["shards"]]
+    return (
+        [i for p in parts for i in p.ids],
+        [x for p in parts for x in p.modalities],
+        np.concatenate([p.embeddings for p in parts]),
+        [x for p in parts for x in p.metadata],
+    )
+
+
+def _same(a_dir, b_dir):
+    a, b = _rows(a_dir), _rows(b_dir)
+    assert a[0] == b[0] and a[1] == b[1] and a[3] == b[3]
+    np.testing.assert_allclose(a[2], b[2], atol=1e-5)
+    fa = sorted((f["id"], f["modality"], f["reason"]) for f in read_failures(a_dir))
+    fb = sorted((f["id"], f["modality"], f["reason"]) for f in read_failures(b_dir))
+    assert [x[:2] for x in fa] == [x[:2] for x in fb]
+    ma, mb = read_manifest(a_dir), read_manifest(b_dir)
+    assert ma["totals"] == mb["totals"] and ma["dim"] == mb["dim"]
+    assert [s["rows"] for s in ma["shards"]] == [s["rows"] for s in mb["shards"]]
+
+
+def test_ray_embed_equals_local_and_resumes(ray_local, setup):
+    out = setup["root"] / "ray"
+    opts = EmbedOptions(workers=1, ray="local", **setup["opts"])
+    s = run_embed(setup["table"], out, opts, encoder=setup["enc"])
+    assert s["complete"] and s["shards_written"] == 4 and s["failures"] == 5
+    _same(out, setup["local"])
+    assert any(f["id"] == "huge" for f in read_failures(out))
+    # shard-level resume on Ray: a lost shard is redone, the others are skipped
+    (out / "shards" / "part-00002.parquet").unlink()
+    again = run_embed(setup["table"], out, opts, encoder=setup["enc"])
+    assert again["shards_written"] == 1 and again["shards_skipped"] == 3
+    _same(out, setup["local"])
+
+
+def test_ray_correct_equals_local(ray_local, setup):
+    from gapfix import make_transform
+    from gapfix.jobs import iter_embedding_blocks
+
+    local = setup["local"]
+    img = np.concatenate(list(iter_embedding_blocks(local, "image")))
+    txt = np.concatenate(list(iter_embedding_blocks(local, "text")))
+    path = setup["root"] / "mean.safetensors"
+    make_transform("mean-shift").fit(img, txt).save(path)
+    a = run_correct(local, path, setup["root"] / "fix-local")
+    b = run_correct(local, path, setup["root"] / "fix-ray", ray="local", workers=1)
+    assert a["rows"] == b["rows"] and b["shards_written"] == 4
+    _same(setup["root"] / "fix-ray", setup["root"] / "fix-local")
