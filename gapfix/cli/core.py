@@ -156,13 +156,23 @@ def fit(
     if manifest is not None:
         if image or text or labels:
             raise InputError("--manifest replaces --image/--text/--labels", "--manifest")
-        from gapfix.jobs.shards import iter_embedding_blocks, read_manifest
+        from gapfix.jobs.shards import iter_embedding_blocks, iter_paired_blocks, read_manifest
 
         info = read_manifest(manifest)
         model_id = model_id or info.get("model_id")
-        for modality in ("image", "text"):
-            for block in iter_embedding_blocks(manifest, modality):
-                transform.partial_fit(**{modality: block})
+        if method == "auto":
+            raise InputError(
+                "--method auto cross-validates in memory; export a sample with --image/--text "
+                "or stream-fit a named method from --manifest",
+                "--method",
+            )
+        if transform.requires_pairs:  # only ids with both an image and a caption take part
+            for img_block, txt_block in iter_paired_blocks(manifest):
+                transform.partial_fit(image=img_block, text=txt_block)
+        else:
+            for modality in ("image", "text"):
+                for block in iter_embedding_blocks(manifest, modality):
+                    transform.partial_fit(**{modality: block})
         transform.finalize()
     else:
         if image is None or text is None:
