@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	@# Browser tests (tests/test_ui_browser.py) need Debian's chromium; CI runs as root.
+	@if [ "$$(id -u)" = 0 ]; then command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium); fi
 	$(PY) -m ruff check gapfix service tests benchmarks
 	$(PY) -m pytest
 
