@@ -5,6 +5,7 @@ from __future__ import annotations
 from gapfix.cli import (
     core,  # noqa: F401  (stats, fit, apply, eval)
     jobs,  # noqa: F401
+    serve,  # noqa: F401  (serve: the HTTP API)
 )
 from gapfix.cli._app import app
 

@@ -1,0 +1,85 @@
+"""``gapfix serve``: run the HTTP API (uvicorn, app factory ``service.app:create_app``).
+
+Flags override the matching ``GAPFIX_*`` variables; every other setting (API keys, limits,
+device, ...) is read from the environment by the service's pydantic settings. The library does
+not import the service: uvicorn loads it by its import string.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import typer
+
+from gapfix.cli._app import app, guarded
+
+APP_FACTORY = "service.app:create_app"
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+@app.command()
+@guarded
+def serve(
+    model: str = typer.Option(
+        None,
+        "--model",
+        help="open_clip model (default ViT-B-32); 'none' = vectors mode (clients send vectors).",
+        show_default=False,
+    ),
+    pretrained: str = typer.Option(
+        None,
+        "--pretrained",
+        help="Weights: a tag (default laion2b_s34b_b79k), a local checkpoint, hf-hub:..., none.",
+        show_default=False,
+    ),
+    data_dir: Path = typer.Option(
+        None,
+        "--data-dir",
+        help="Directory of the collections (default ./data).",
+        show_default=False,
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", envvar="GAPFIX_HOST", help="Bind address."),
+    port: int = typer.Option(
+        8000, "--port", envvar="GAPFIX_PORT", min=1, max=65535, help="TCP port."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+) -> None:
+    """Serve embedding, correction and gap-corrected search over HTTP (OpenAPI at /docs)."""
+    import uvicorn
+
+    level = log_level.lower()
+    if level not in ("critical", "error", "warning", "info", "debug"):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    overrides = {
+        "GAPFIX_MODEL": model,
+        "GAPFIX_PRETRAINED": pretrained,
+        "GAPFIX_DATA_DIR": None if data_dir is None else str(data_dir),
+        "GAPFIX_HOST": host,
+        "GAPFIX_PORT": str(port),
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            os.environ[key] = value
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
+    # found: make that a clean exit (status 0), as Docker and Kubernetes expect on stop.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=host,
+        port=port,
+        log_level=level,
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,81 @@
+"""Service configuration: pydantic-settings, every field also a ``GAPFIX_<NAME>`` variable.
+
+``gapfix serve --model/--pretrained/--data-dir/--host/--port`` set the matching variables
+before the app is built, so flags override the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("gapfix.service")
+
+VECTORS_MODE_MODELS = ("none", "")
+
+
+class Settings(BaseSettings):
+    """Settings of the HTTP service (env prefix ``GAPFIX_``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GAPFIX_", extra="ignore", protected_namespaces=(), frozen=False
+    )
+
+    model: str = Field("ViT-B-32", description="open_clip model; 'none' = vectors mode")
+    pretrained: str = Field("laion2b_s34b_b79k", description="weights tag, path or 'none'")
+    data_dir: Path = Field(Path("data"), description="collections live here")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    device: str = "auto"
+    precision: str = "auto"
+    max_batch_size: int = Field(64, ge=1, le=4096, description="inputs per model call")
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="micro-batch max wait")
+    api_keys: str = Field("", description="comma-separated API keys (Authorization: Bearer)")
+    api_keys_file: Path | None = Field(None, description="file with one API key per line")
+    protect_reads: bool = Field(False, description="require a key for reads too")
+    cors_origins: str = Field("", description="comma-separated origins; empty = CORS off")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_texts_per_request: int = Field(256, ge=1)
+    max_images_per_request: int = Field(64, ge=1)
+    max_queries_per_request: int = Field(1024, ge=1)
+    max_k: int = Field(1000, ge=1, le=1000)
+    model_cache: Path | None = Field(None, description="open_clip / Hugging Face cache dir")
+    torch_threads: int | None = Field(None, ge=1)
+    thumbnail_size: int = Field(256, ge=16, le=1024, description="longest side, pixels")
+    transform_wait_s: float = Field(
+        5.0, ge=0, description="how long POST .../transform waits before answering 202"
+    )
+    flush_interval_s: float = Field(30.0, gt=0, description="index files flushed this often")
+
+    @field_validator("model", "pretrained", "device", "precision", mode="before")
+    @classmethod
+    def _strip(cls, v: object) -> object:
+        return v.strip() if isinstance(v, str) else v
+
+    @property
+    def vectors_mode(self) -> bool:
+        """True when no model is loaded (clients send embeddings)."""
+        return self.model.lower() in VECTORS_MODE_MODELS
+
+    @cached_property
+    def keys(self) -> frozenset[str]:
+        """All configured API keys (from ``api_keys`` and ``api_keys_file``)."""
+        keys = {k.strip() for k in self.api_keys.split(",") if k.strip()}
+        if self.api_keys_file is not None:
+            text = Path(self.api_keys_file).read_text()
+            keys |= {
+                line.strip()
+                for line in text.splitlines()
+                if line.strip() and not line.strip().startswith("#")
+            }
+        return frozenset(keys)
+
+    @property
+    def origins(self) -> list[str]:
+        """CORS origins (empty: CORS middleware not installed)."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

@@ -1,0 +1,134 @@
+"""The service's runtime objects (encoder, micro-batcher, store) and their start/stop/readiness."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from anyio import to_thread
+
+from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
+from gapfix.store import Store
+from service.settings import Settings
+
+log = logging.getLogger("gapfix.service")
+
+STAGES = ("encode_pre", "encode_core", "encode_post", "correct", "search")
+
+
+@dataclass
+class AppState:
+    """Everything a request needs, built by the lifespan and reached through ``service.deps``."""
+
+    settings: Settings
+    store: Store | None = None
+    encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
+    batcher: Any = None  # gapfix.encoders.MicroBatcher
+    started: bool = False
+    stopping: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def dim(self) -> int | None:
+        """The model's embedding dimension (None in vectors mode)."""
+        return None if self.encoder is None else int(self.encoder.dim)
+
+    @property
+    def model_id(self) -> str | None:
+        return None if self.encoder is None else str(self.encoder.model_id)
+
+    async def start(self) -> None:
+        """Load the model (fails fast with ``ModelLoadError``), open the store, warn if open."""
+        s = self.settings
+        self.started = self.stopping = False
+        for stage in STAGES:  # expose every series from the start (dashboards, alerts)
+            STAGE_LATENCY.labels(stage)
+        for modality in ("image", "text"):
+            ENCODE_BATCH_SIZE.labels(modality)
+        keys = s.keys  # reads api_keys_file: a missing file fails start-up, not a request
+        if not keys:
+            log.warning(
+                "!!! NO API KEY CONFIGURED: every endpoint, writes included, is open to anyone "
+                "who can reach %s:%s. Set GAPFIX_API_KEYS or GAPFIX_API_KEYS_FILE. !!!",
+                s.host,
+                s.port,
+            )
+        else:
+            log.info("API keys configured (%d); reads %s", len(keys),
+                     "protected" if s.protect_reads else "open")  # fmt: skip
+        if s.vectors_mode:
+            log.info("vectors mode (GAPFIX_MODEL=none): no model loaded; clients send vectors")
+        else:
+            await to_thread.run_sync(self._load_model)
+        self.store = await to_thread.run_sync(
+            lambda: Store(s.data_dir, flush_interval=s.flush_interval_s)
+        )
+        log.info("store opened at %s (%d collections)", s.data_dir, len(self.store.names()))
+        self.started = True
+
+    def _load_model(self) -> None:
+        import torch
+
+        from gapfix.encoders import MicroBatcher, load_encoder
+
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        self.encoder = load_encoder(
+            s.model,
+            s.pretrained,
+            device=s.device,
+            precision=s.precision,
+            max_batch_size=s.max_batch_size,
+            cache_dir=s.model_cache,
+            max_pixels=s.max_image_pixels,
+        )
+        self.batcher = MicroBatcher(
+            self.encoder, max_batch_size=s.max_batch_size, max_wait_ms=s.batch_wait_ms
+        )
+
+    async def stop(self) -> None:
+        """Drain encode requests, then flush and close the store."""
+        self.stopping = True
+        if self.batcher is not None:
+            await self.batcher.aclose()
+        if self.store is not None:
+            await to_thread.run_sync(self.store.close)
+        self.started = False
+        log.info("gapfix service stopped")
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """``(ready, details)``: model loaded, store open, dimensions agreeing everywhere."""
+        problems: list[str] = []
+        if not self.started:
+            problems.append("starting up")
+        if self.stopping:
+            problems.append("shutting down")
+        if not self.settings.vectors_mode and self.encoder is None:
+            problems.append("model not loaded")
+        collections: dict[str, Any] = {}
+        if self.store is not None and not self.stopping:
+            dim = self.dim
+            for info in self.store.list_collections():
+                name, cdim = info["name"], info["dim"]
+                collections[name] = {"dim": cdim, "transform_status": info["transform_status"]}
+                if dim is not None and cdim is not None and cdim != dim:
+                    problems.append(
+                        f"collection {name!r} has dimension {cdim} but the model "
+                        f"{self.model_id} embeds in {dim}"
+                    )
+                transform = self.store.get(name).active_transform
+                if transform is not None and cdim is not None and int(transform.dim_) != cdim:
+                    problems.append(
+                        f"collection {name!r}: active transform has dimension "
+                        f"{int(transform.dim_)}, the collection {cdim}"
+                    )
+        return not problems, {
+            "problems": problems,
+            "model": self.model_id,
+            "dim": self.dim,
+            "vectors_mode": self.settings.vectors_mode,
+            "collections": collections,
+        }
