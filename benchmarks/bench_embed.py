@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks._common import BenchResult
 
 MODEL = os.environ.get("GAPFIX_BENCH_EMBED_MODEL", "ViT-B-32")
-N_IMAGES = int(os.environ.get("GAPFIX_BENCH_EMBED_N", "192"))
+N_IMAGES = int(os.environ.get("GAPFIX_BENCH_EMBED_N", "128"))
 BATCH = 32
 SIZE = (320, 240)  # JPEGs of a typical web-image size, decoded and resized to 224 by the job
 
@@ -47,7 +47,7 @@ def _bare_loop(encoder, root: Path) -> float:
         return len(files) / (time.perf_counter() - t0)
 
 
-def _job(encoder, root: Path, out: Path, **kw) -> float:
+def _job(encoder, root: Path, out: Path, **kw) -> tuple[float, dict]:
     from gapfix.jobs import EmbedOptions, run_embed
 
     opts = EmbedOptions(
@@ -58,7 +58,7 @@ def _job(encoder, root: Path, out: Path, **kw) -> float:
     s = run_embed(root, out, opts, encoder=encoder, log=lambda _m: None)
     dt = time.perf_counter() - t0
     assert s["items"] == N_IMAGES and s["failures"] == 0, s
-    return N_IMAGES / dt
+    return N_IMAGES / dt, s
 
 
 def run() -> list[BenchResult]:
@@ -69,7 +69,7 @@ def run() -> list[BenchResult]:
         _make_images(tmp / "imgs", N_IMAGES)
         encoder = load_encoder(MODEL, "none", device="cpu", max_batch_size=BATCH)
         bare = _bare_loop(encoder, tmp / "imgs")
-        local = _job(encoder, tmp / "imgs", tmp / "out-local", workers=1)
+        local, summary = _job(encoder, tmp / "imgs", tmp / "out-local", workers=1)
         note = f"{MODEL} random init, batch {BATCH}, {N_IMAGES} JPEGs {SIZE[0]}x{SIZE[1]}"
         results = [
             BenchResult(
@@ -79,7 +79,8 @@ def run() -> list[BenchResult]:
                 baseline=bare,
                 baseline_name="bare loop, pre-decoded tensors",
                 target=0.8,
-                note=note + "; job wall time incl. listing, decode, parquet + manifest writes",
+                note=note + "; job wall time incl. listing, decode, parquet + manifest writes; "
+                f"model busy {100 * summary['model_busy']:.0f}% of the job's loop",
             )
         ]
         try:
@@ -89,7 +90,7 @@ def run() -> list[BenchResult]:
         # 2 model actors + decode tasks share the 2 cores: logical CPUs above the physical count
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
-            on_ray = _job(encoder, tmp / "imgs", tmp / "out-ray", workers=2, ray="local")
+            on_ray, _ = _job(encoder, tmp / "imgs", tmp / "out-ray", workers=2, ray="local")
         finally:
             ray.shutdown()
         results.append(

@@ -169,6 +169,16 @@ def test_webdataset_source(data, tmp_path):
             tf.addfile(info, io.BytesIO(blob))
     (it,) = open_source(str(gz)).read_items(open_source(str(gz)).plan(1).shards[0])
     assert it.id == "k" and it.text == "hi" and it.image.data == T.image_bytes(1)
+    # a tar cut short: the samples before the cut are kept, the damage is reported
+    blob = data["tars"][0].read_bytes()
+    (tmp_path / "cut.tar").write_bytes(blob[: len(blob) // 2])
+    cut = open_source(str(tmp_path / "cut.tar"))
+    items = cut.read_items(cut.plan(1).shards[0])
+    assert items[0].id == "s00/0000" and items[0].error is None
+    assert items[-1].id == "cut.tar#damaged"
+    assert (
+        items[-1].error.startswith(("truncated tar", "corrupt tar")) and "after" in items[-1].error
+    )
 
 
 def test_open_source_errors(tmp_path):
@@ -199,6 +209,7 @@ def test_embed_folder_output_format_and_failures(folder_run, data, encoder):
         "shards_done": 4, "shards_total": 4,
     }  # fmt: skip
     assert summary["items"] == 16 and summary["failures"] == 4 and summary["rows"]["image"] == 12
+    assert 0 < summary["model_busy"] <= 1 and summary["model_s"] > 0
     schema = pq.read_schema(out / m["shards"][0]["file"])
     assert schema.field("embedding").type == pa.list_(pa.float32(), 32)
     assert [schema.field(c).type for c in ("id", "modality", "metadata")] == [pa.string()] * 3

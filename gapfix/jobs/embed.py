@@ -9,6 +9,7 @@ work runs on Ray Data (`gapfix.jobs.ray_backend`). Either way the output folder 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -137,8 +138,12 @@ def run_local(
     dim: int,
     on_result: Callable[[ShardResult], None],
     progress: Progress,
-) -> None:
-    """The single-machine pipeline: DataLoader workers prepare, the model embeds here."""
+) -> dict[str, float]:
+    """The single-machine pipeline: DataLoader workers prepare, the model embeds here.
+
+    Returns timings: seconds spent in the model and waiting for prepared batches (when the
+    wait is a large share, more ``workers`` would help).
+    """
     import torch
     from torch.utils.data import DataLoader
 
@@ -161,12 +166,21 @@ def run_local(
         **loader_kw,
     )
     assemblers: dict[int, ShardAssembler] = {}
+    timing = {"model_s": 0.0, "wait_s": 0.0}
     with torch.inference_mode():
-        for batch in loader:
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            t1 = time.perf_counter()
+            timing["wait_s"] += t1 - t0
+            if batch is None:
+                break
             a = assemblers.get(batch.shard)
             if a is None:
                 a = assemblers[batch.shard] = ShardAssembler(batch.shard, batch.expected)
             embed_batch(encoder, batch)
+            timing["model_s"] += time.perf_counter() - t1
             for row in batch.slots:
                 a.add(row)
             progress.update(batch.n_items, batch.failures)
@@ -175,6 +189,7 @@ def run_local(
                 del assemblers[batch.shard]
     if assemblers:  # cannot happen unless a worker lost batches; never commit a partial shard
         raise RuntimeError(f"shards left incomplete: {sorted(assemblers)}")
+    return timing
 
 
 def _model_info(encoder: Any, opts: EmbedOptions) -> dict[str, Any]:
@@ -203,7 +218,10 @@ def run_embed(
     if plan.ignored_files:
         log(f"embed: ignoring {plan.ignored_files} non-image files under {source.path}")
     if encoder is None:
-        encoder = opts.spec().load()
+        spec = opts.spec()
+        if opts.ray:  # the driver only needs dim, id and the CPU stage; actors load their own
+            spec = dataclasses.replace(spec, device="cpu")
+        encoder = spec.load()
     dim = int(encoder.dim)
     input_info = {
         **source.describe(),
@@ -225,6 +243,7 @@ def run_embed(
         remaining = plan.total_items - sum(int(r["items"]) for r in job.manifest["shards"])
     progress = Progress("embed", remaining, mode=opts.progress, interval=opts.log_interval)
     counts = {"image": 0, "text": 0, "items": 0, "failures": 0, "shards": 0}
+    timing: dict[str, float] = {}
     t0 = time.monotonic()
 
     def commit_and_count(res: ShardResult) -> None:
@@ -250,13 +269,25 @@ def run_embed(
             else:
 
                 def produce(on_result: Callable[[ShardResult], None]) -> None:
-                    run_local(source, plan, pending, encoder, opts, dim, on_result, progress)
+                    timing.update(
+                        run_local(source, plan, pending, encoder, opts, dim, on_result, progress)
+                    )
 
             _run_with_writer(produce, commit_and_count)
     finally:
         progress.close()
         job.finish()
-    return _summary("embed", job, counts, time.monotonic() - t0, skipped, log)
+    summary = _summary("embed", job, counts, time.monotonic() - t0, skipped, log)
+    if timing:
+        busy = timing["model_s"] / max(timing["model_s"] + timing["wait_s"], 1e-9)
+        summary["model_s"] = round(timing["model_s"], 3)
+        summary["wait_s"] = round(timing["wait_s"], 3)
+        summary["model_busy"] = round(busy, 3)
+        log(
+            f"embed: model busy {100 * busy:.0f}% of the loop ({timing['wait_s']:.1f}s waiting "
+            "for decoded batches; raise --workers if that is large)"
+        )
+    return summary
 
 
 def _run_with_writer(

@@ -6,7 +6,7 @@ the recorded row counts. Layout (format version 1)::
 
     {"format": "gapfix-shards", "format_version": 1, "gapfix_version": "...",
      "kind": "embed" | "correct",
-     "model": {"id": "...", "name": "...", "pretrained": "..."}, "dim": 512,
+     "model": {"id": "...", "name": "...", "pretrained": "..."}, "model_id": "...", "dim": 512,
      "input": {"kind": "folder|table|webdataset|shards", "path": "...", "fingerprint": "sha256",
                "shard_size": 10000, "num_shards": 12, "total_items": 115000 | null},
      "transform": null | {"path", "sha256", "method", "summary"},
@@ -66,6 +66,7 @@ def new_manifest(
         "gapfix_version": _version(),
         "kind": kind,
         "model": model,
+        "model_id": model.get("id"),
         "dim": int(dim),
         "input": input_info,
         "transform": transform,

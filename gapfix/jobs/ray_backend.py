@@ -26,32 +26,21 @@ from gapfix.jobs.progress import Progress
 from gapfix.jobs.runner import ShardAssembler, ShardResult, SlotRow
 from gapfix.jobs.sources import ImageRef, Plan, ShardSpec, Source, WorkItem
 
-_started_here = False
-
 
 def init_ray(address: str) -> None:
-    """Connect to Ray: ``local`` starts (or reuses) a local instance, else a cluster address."""
-    global _started_here
+    """Connect to Ray: ``local`` starts (or reuses) a local instance, else a cluster address.
+
+    An instance already initialised in this process (e.g. ``ray.init(num_cpus=2)``) is reused.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    kwargs: dict[str, Any] = {"include_dashboard": False}
     if address == "local":
         ray.init(**kwargs)
     else:
         ray.init(address=address, **kwargs)
-    _started_here = True
-
-
-def shutdown_ray() -> None:
-    """Shut down the Ray instance if this module started it."""
-    global _started_here
-    import ray
-
-    if _started_here and ray.is_initialized():
-        ray.shutdown()
-    _started_here = False
 
 
 def _data_context() -> None:

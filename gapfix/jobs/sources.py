@@ -296,6 +296,14 @@ def _tar_compressed(path: str) -> bool:
     return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
 
 
+def _has_end_marker(path: str, offset: int) -> bool:
+    """Whether an uncompressed tar has its zero end-of-archive block at ``offset``."""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        block = fh.read(512)
+    return len(block) == 512 and not any(block)
+
+
 def _split_key(name: str) -> tuple[str, str]:
     """WebDataset convention: key = path up to the first dot of the basename; rest = ext."""
     d, _, base = name.rpartition("/")
@@ -330,6 +338,7 @@ class WebDatasetSource(Source):
     def read_items(self, spec: ShardSpec) -> list[WorkItem]:
         inline = _tar_compressed(spec.tar)
         samples: dict[str, dict[str, Any]] = {}
+        damage: str | None = None
         try:
             with tarfile.open(spec.tar, "r:*") as tf:
                 for m in tf:
@@ -346,9 +355,16 @@ class WebDatasetSource(Source):
                     elif ext in WDS_TEXT_EXTS or ext in WDS_META_EXTS:
                         f = tf.extractfile(m)
                         s["members"][ext] = (f.read() if f else b"").decode("utf-8", "replace")
-        except (tarfile.TarError, EOFError) as exc:
-            # a truncated/corrupt tar: keep what was listed before the damage, report the rest
-            samples.setdefault("__tar__", {"members": {}, "error": f"corrupt tar: {exc}"})
+                end = tf.offset
+            if not inline and not _has_end_marker(spec.tar, end):
+                damage = "truncated tar: it ends without the end-of-archive marker"
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            damage = f"corrupt tar: {exc}"
+        if damage is not None:
+            # samples after the damage are unknown: report the shard, keep what was listed
+            last = next(reversed(samples), None)
+            where = f" (after sample {last!r})" if last is not None else ""
+            samples[f"{Path(spec.tar).name}#damaged"] = {"members": {}, "error": damage + where}
         items = []
         for i, (key, s) in enumerate(samples.items()):
             mem = s["members"]
