@@ -161,16 +161,20 @@ def gap_statistics(
     return stats
 
 
-def pca_2d(image: Any, text: Any, max_points: int = 2000, seed: int = 0) -> dict[str, Any]:
+def pca_2d(
+    image: Any, text: Any, max_points: int = 2000, seed: int = 0, paired: bool = False
+) -> dict[str, Any]:
     """2-D PCA of both modalities together (coordinates for the seed paper's Figure 1).
 
-    Returns image/text point coordinates (at most ``max_points`` each, same rows for both when
-    counts match, so pair lines can be drawn), the two centroids and explained variance.
+    Returns image/text point coordinates (at most ``max_points`` each; with ``paired=True``
+    row i of both stays aligned so pair lines can be drawn), the centroids and explained
+    variance.
     """
     x = normalized(check_embeddings(image, "image", min_rows=1))
     y = normalized(check_embeddings(text, "text", min_rows=1))
     check_same_dim(x, y)
-    paired = x.shape[0] == y.shape[0]
+    if paired:
+        check_paired(x, y, "a paired PCA")
     if paired and x.shape[0] > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_points, replace=False))
         xs, ys = x[idx], y[idx]
@@ -192,7 +196,9 @@ def pca_2d(image: Any, text: Any, max_points: int = 2000, seed: int = 0) -> dict
     }
 
 
-def plot_gap(image: Any, text: Any, path: str, title: str = "Modality gap") -> None:
+def plot_gap(
+    image: Any, text: Any, path: str, title: str = "Modality gap", paired: bool = False
+) -> None:
     """Save the 2-D PCA picture (points, pair lines, gap arrow) as a PNG via matplotlib."""
     import matplotlib
 
@@ -201,7 +207,7 @@ def plot_gap(image: Any, text: Any, path: str, title: str = "Modality gap") -> N
 
     from gapfix.io import atomic_write_bytes
 
-    pca = pca_2d(image, text, max_points=500)
+    pca = pca_2d(image, text, max_points=500, paired=paired)
     px, py = np.asarray(pca["image"]), np.asarray(pca["text"])
     fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
     if pca["paired"]:

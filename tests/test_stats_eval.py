@@ -59,10 +59,11 @@ def test_real_embeddings_gap(coco) -> None:
 
 
 def test_pca_and_plot(tmp_path, coco) -> None:
-    p = pca_2d(coco["image"], coco["text"])
+    p = pca_2d(coco["image"], coco["text"], paired=True)
     assert len(p["image"]) == 250 and p["paired"]
     assert np.linalg.norm(np.subtract(p["image_centroid"], p["text_centroid"])) > 0.5
-    plot_gap(coco["image"], coco["text"], str(tmp_path / "gap.png"))
+    plot_gap(coco["image"], coco["text"], str(tmp_path / "gap.png"), paired=True)
+    assert not pca_2d(coco["image"], coco["text"])["paired"]
     assert (tmp_path / "gap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -72,7 +72,7 @@ def stats(
         raise InputError(f"--plot must name a .png file, got {plot}", "--plot")
     result = gap_statistics(x, y, paired=paired)
     if plot is not None:
-        plot_gap(x, y, str(plot))
+        plot_gap(x, y, str(plot), paired=paired)
     if as_json:
         typer.echo(json.dumps(result))
         return

@@ -44,7 +44,7 @@ def decode_image(
         raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}", param) from e
     except Exception as e:  # any parser failure on untrusted bytes is the caller's input
         raise InputError(
-            f"cannot decode image: not a valid {'/'.join(SUPPORTED_FORMATS)} file ({e})", param
+            f"cannot decode image: not a valid {'/'.join(SUPPORTED_FORMATS)} file", param
         ) from e
     try:
         check_pixels(src.width, src.height, max_pixels, param)

@@ -31,11 +31,16 @@ def gap_report(coll: Collection, pca: bool, max_points: int) -> dict[str, Any]:
         out["pca"] = None
         return out
     t = coll.active_transform
-    raw = pca_2d(img, txt, max_points=max_points)
+    raw = pca_2d(img, txt, max_points=max_points, paired=paired)
     corrected = (
         raw
         if t is None
-        else pca_2d(t.transform(img, "image"), t.transform(txt, "text"), max_points=max_points)
+        else pca_2d(
+            t.transform(img, "image"),
+            t.transform(txt, "text"),
+            max_points=max_points,
+            paired=paired,
+        )
     )
     out["pca"] = {"raw": raw, "corrected": corrected}
     return out
