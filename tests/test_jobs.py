@@ -239,6 +239,8 @@ def test_embed_table_pairs(table_run, data, encoder):
     assert ids[20:] == ["empty-caption", "missing-file", "corrupt", "no-image"]
     assert mods[20:] == ["image", "text", "text", "text"]
     assert json.loads(meta[0]) == {"score": 0}
+    shard0 = read_shard(out / "shards" / "part-00000.parquet")
+    assert shard0.captions[:2] == [None, "a photo number 0"] and set(shard0.thumbnails) == {None}
     text_rows = [i for i, m in enumerate(mods) if m == "text"][:10]
     np.testing.assert_allclose(
         emb[text_rows], encoder.encode_texts([f"a photo number {i}" for i in range(10)]), atol=1e-5
@@ -252,6 +254,30 @@ def test_embed_table_pairs(table_run, data, encoder):
     assert fails[("empty-caption", "text")] == "empty caption"
     assert fails[("missing-file", "image")].startswith("missing file")
     assert summary["failures"] == 4 and summary["rows"] == {"image": 11, "text": 13}
+
+
+def test_embed_with_thumbnails(data, ckpt, encoder, tmp_path, folder_run):
+    from PIL import Image
+
+    out = tmp_path / "thumbs"
+    run_embed(
+        data["root"] / "imgs", out, _opts(ckpt, thumbnail_size=16), encoder=encoder, log=_quiet
+    )
+    shard = read_shard(out / "shards" / "part-00000.parquet")
+    assert all(t is not None and t[:2] == b"\xff\xd8" for t in shard.thumbnails)
+    assert max(Image.open(io.BytesIO(shard.thumbnails[0])).size) == 16
+    assert read_manifest(out)["input"]["thumbnail_size"] == 16
+    a, b = _all_rows(out), _all_rows(folder_run[0])
+    assert a[0] == b[0] and a[3] == b[3]
+    np.testing.assert_allclose(a[2], b[2], atol=1e-6)  # decoding here changes nothing
+    assert read_failures(out) == read_failures(folder_run[0])
+    from gapfix.store import Store
+
+    build_index(out, tmp_path / "data", "t", progress_mode="off", log=_quiet)
+    with Store(tmp_path / "data") as store:
+        assert store.get("t").get_thumbnail(shard.ids[0]) == shard.thumbnails[0]
+    with pytest.raises(InputError, match="thumbnails"):
+        run_embed(data["root"] / "imgs", out, _opts(ckpt, thumbnail_size=5000), encoder=encoder)
 
 
 def test_embed_webdataset(data, ckpt, encoder, tmp_path):
@@ -461,6 +487,8 @@ def test_index_build_makes_a_servable_collection(table_run, folder_run, tmp_path
         split = store.get("split")
         assert split.counts() == {"image": 11, "text": 13, "document": 0}
         assert split.get_item("pair-003#text").modality == "text"
+        assert split.get_item("pair-003#text").caption == "a photo number 3"
+        assert pairs.get_item("pair-003").caption == "a photo number 3"
         assert store.get("imgs").info()["index"] == "hnsw"
         (hit, *_), *_ = split.search(emb[1:2], "text", k=1, modalities=["text"])
         assert hit.id == "pair-000#text"

@@ -52,7 +52,10 @@ def setup(tmp_path_factory):
         fh.write("id,image,caption,score\n")
         fh.writelines(f"{r['id']},{r['image']},{r['caption']},{r['score']}\n" for r in rows)
     encoder = load_encoder("gapfix-tiny", ckpt)
-    opts = dict(model="gapfix-tiny", pretrained=ckpt, batch_size=4, shard_size=4, progress="off")
+    opts = dict(
+        model="gapfix-tiny", pretrained=ckpt, batch_size=4, shard_size=4, progress="off",
+        thumbnail_size=8,
+    )  # fmt: skip
     local = root / "local"
     run_embed(table.with_suffix(".csv"), local, EmbedOptions(workers=1, **opts), encoder=encoder)
     return {"root": root, "table": table.with_suffix(".csv"), "opts": opts, "enc": encoder,
@@ -67,12 +70,15 @@ def _rows(out):
         [x for p in parts for x in p.modalities],
         np.concatenate([p.embeddings for p in parts]),
         [x for p in parts for x in p.metadata],
+        [x for p in parts for x in p.captions],
+        [x for p in parts for x in p.thumbnails],
     )
 
 
 def _same(a_dir, b_dir):
     a, b = _rows(a_dir), _rows(b_dir)
-    assert a[0] == b[0] and a[1] == b[1] and a[3] == b[3]
+    assert a[0] == b[0] and a[1] == b[1] and a[3] == b[3] and a[4] == b[4] and a[5] == b[5]
+    assert any(t is not None for t in a[5]) and any(c is not None for c in a[4])
     np.testing.assert_allclose(a[2], b[2], atol=1e-5)
     fa = sorted((f["id"], f["modality"], f["reason"]) for f in read_failures(a_dir))
     fb = sorted((f["id"], f["modality"], f["reason"]) for f in read_failures(b_dir))

@@ -47,6 +47,12 @@ def embed(
     max_pixels: int = typer.Option(
         40_000_000, "--max-pixels", help="Skip images with more pixels than this."
     ),
+    thumbnails: int = typer.Option(
+        0,
+        "--thumbnails",
+        help="Also keep a JPEG thumbnail of each image, this many pixels on its longest side "
+        "(0: none); `index build` hands them to the store for the search page.",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16, bf16."),
     ray: str = typer.Option(None, "--ray", help=_RAY_HELP),
@@ -63,6 +69,7 @@ def embed(
         workers=workers,
         shard_size=shard_size,
         max_pixels=max_pixels,
+        thumbnail_size=thumbnails,
         device=device,
         precision=precision,
         ray=ray,

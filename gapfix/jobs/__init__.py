@@ -1,7 +1,8 @@
 """Batch jobs: embed inputs into resumable parquet shards, re-correct them, index them.
 
 - `run_embed` (``gapfix embed``): image folders, CSV/TSV/parquet tables, WebDataset tars ->
-  ``shards/part-NNNNN.parquet`` (id, modality, embedding, metadata) + ``manifest.json`` +
+  ``shards/part-NNNNN.parquet`` (id, modality, embedding, metadata, caption, thumbnail) +
+  ``manifest.json`` +
   ``failures.jsonl``; single machine (DataLoader workers) or Ray Data (``ray=...``).
 - `run_correct` (``gapfix correct``): apply a transform artifact to every shard.
 - `build_index` (``gapfix index build``): shards -> a store collection ``gapfix serve`` serves.

@@ -56,7 +56,14 @@ def correct_shard(data: ShardData, transform: Any) -> ShardData:
         rows = np.flatnonzero(mods == modality)
         if rows.size:
             emb[rows] = transform.transform(emb[rows], modality)
-    return ShardData(list(data.ids), list(data.modalities), emb, list(data.metadata))
+    return ShardData(
+        list(data.ids),
+        list(data.modalities),
+        emb,
+        list(data.metadata),
+        list(data.captions),
+        list(data.thumbnails),
+    )
 
 
 def run_correct(

@@ -52,6 +52,7 @@ class EmbedOptions:
     workers: int | None = None
     shard_size: int = DEFAULT_SHARD_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    thumbnail_size: int = 0  # > 0: keep a JPEG thumbnail (longest side, px) of each image
     device: str = "auto"
     precision: str = "auto"
     prefetch: int = 4  # batches each worker prepares ahead
@@ -63,6 +64,8 @@ class EmbedOptions:
         for name in ("batch_size", "shard_size", "max_pixels", "prefetch"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1", param=name)
+        if not 0 <= int(self.thumbnail_size) <= 1024:
+            raise InputError("--thumbnails must be between 0 (none) and 1024", "thumbnail_size")
         if self.workers is not None and self.workers < 0:
             raise InputError("--workers must be >= 0", param="workers")
         if self.progress not in ("auto", "bar", "log", "off"):
@@ -148,7 +151,7 @@ def run_local(
     from torch.utils.data import DataLoader
 
     workers = default_workers() if opts.workers is None else opts.workers
-    preparer = make_preparer(encoder, opts.max_pixels)
+    preparer = make_preparer(encoder, opts.max_pixels, opts.thumbnail_size)
     sampler = _Descriptors(lambda: _batches(source, plan, pending, opts.batch_size))
     loader_kw: dict[str, Any] = {}
     if workers > 0:
@@ -228,6 +231,7 @@ def run_embed(
         "path": str(Path(source.path).resolve()) if os.path.exists(source.path) else source.path,
         "fingerprint": plan.fingerprint,
         "shard_size": opts.shard_size if source.kind != "webdataset" else None,
+        "thumbnail_size": opts.thumbnail_size,
         "num_shards": len(plan.shards),
         "total_items": plan.total_items,
     }
@@ -260,7 +264,7 @@ def run_embed(
             if opts.ray:
                 from gapfix.jobs.ray_backend import run_embed_ray
 
-                preparer = make_preparer(encoder, opts.max_pixels)
+                preparer = make_preparer(encoder, opts.max_pixels, opts.thumbnail_size)
 
                 def produce(on_result: Callable[[ShardResult], None]) -> None:
                     run_embed_ray(

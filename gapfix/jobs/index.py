@@ -46,24 +46,40 @@ def iter_items(
 
     def emit(group: dict[str, Any]) -> list[Any]:
         meta = json.loads(group["metadata"]) if group["metadata"] else {}
-        vecs = group["vecs"]
+        vecs, extra = group["vecs"], group["extra"]  # extra: caption / thumbnail per modality
         if len(vecs) == 2 and pairs == "document":
-            return [ItemIn(group["id"], vecs["image"], vecs["text"], meta, weight=weight)]
-        if len(vecs) == 2:
-            return [ItemIn(f"{group['id']}#{m}", **{m: v}, metadata=meta) for m, v in vecs.items()]
-        ((m, v),) = vecs.items()
-        return [ItemIn(group["id"], **{m: v}, metadata=meta)]
+            return [
+                ItemIn(
+                    group["id"], vecs["image"], vecs["text"], meta, weight=weight,
+                    thumbnail=extra["image"], caption=extra["text"],
+                )
+            ]  # fmt: skip
+        ids = {m: f"{group['id']}#{m}" if len(vecs) == 2 else group["id"] for m in vecs}
+        return [
+            ItemIn(
+                ids[m], **{m: v}, metadata=meta,
+                **({"thumbnail": extra[m]} if m == "image" else {"caption": extra[m]}),
+            )
+            for m, v in vecs.items()
+        ]  # fmt: skip
 
     for data in iter_shard_batches(manifest, batch_rows=batch):
         emb = data.embeddings
         assert emb is not None
         for i, (rid, mod) in enumerate(zip(data.ids, data.modalities, strict=True)):
+            extra = data.thumbnails[i] if mod == "image" else data.captions[i]
             if pending is not None and pending["id"] == rid and mod not in pending["vecs"]:
                 pending["vecs"][mod] = emb[i]
+                pending["extra"][mod] = extra
                 continue
             if pending is not None:
                 out.extend(emit(pending))
-            pending = {"id": rid, "metadata": data.metadata[i], "vecs": {mod: emb[i]}}
+            pending = {
+                "id": rid,
+                "metadata": data.metadata[i],
+                "vecs": {mod: emb[i]},
+                "extra": {mod: extra},
+            }
         if len(out) >= batch:
             yield out
             out = []

@@ -57,9 +57,9 @@ def cpu_stage(encoder: Any, max_pixels: int | None = None) -> Any:
     return light
 
 
-def make_preparer(encoder: Any, max_pixels: int | None = None) -> Preparer:
-    """The CPU stage (read, decode, preprocess, tokenize) of ``encoder``."""
-    return Preparer(cpu_stage(encoder, max_pixels))
+def make_preparer(encoder: Any, max_pixels: int | None = None, thumbnail_size: int = 0) -> Preparer:
+    """The CPU stage (read, decode, preprocess, tokenize; thumbnails) of ``encoder``."""
+    return Preparer(cpu_stage(encoder, max_pixels), thumbnail_size)
 
 
 def forward_images(encoder: Any, pixels: Any) -> np.ndarray:

@@ -8,6 +8,7 @@ item's image, its caption, or the whole item when it is unusable). Every bad slo
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,35 +56,70 @@ def _stable(reason: str) -> str:
     return _ADDRESS.sub("", reason)
 
 
+class _Skip(Exception):
+    """An image that cannot be read (the message is the failure reason)."""
+
+
+def jpeg_thumbnail(img: Any, size: int, quality: int = 85) -> bytes:
+    """A JPEG of a PIL image scaled to fit ``size`` x ``size`` pixels."""
+    from PIL import Image
+
+    t = img.copy()
+    t.thumbnail((size, size), Image.Resampling.LANCZOS)
+    if t.mode != "RGB":
+        t = t.convert("RGB")
+    buf = io.BytesIO()
+    t.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
 class Preparer:
     """Picklable CPU stage built on an encoder's pre stage (`ClipEncoder.preprocess_images`:
     decode with the pixel limit, EXIF, RGB, the model's transforms; `ClipEncoder.tokenize`).
 
     ``stage`` is any object with those two methods; `gapfix.jobs.model.cpu_stage` gives a
-    copy of a `ClipEncoder` without its weights, cheap to send to worker processes.
+    copy of a `ClipEncoder` without its weights, cheap to send to worker processes. With
+    ``thumbnail_size`` > 0 each good image also yields a JPEG thumbnail of that longest side
+    (the image is then decoded once here, with `gapfix.encoders.decode_image` and the
+    stage's ``max_pixels``, and handed to the stage decoded).
     """
 
-    def __init__(self, stage: Any) -> None:
+    def __init__(self, stage: Any, thumbnail_size: int = 0) -> None:
         self.stage = stage
+        self.thumbnail_size = int(thumbnail_size)
 
-    def image_tensor(self, item: WorkItem) -> tuple[Any, str | None]:
-        """The preprocessed (C, H, W) tensor of an item's image, or (None, reason)."""
+    def image_tensor(self, item: WorkItem) -> tuple[Any, str | None, bytes | None]:
+        """The preprocessed (C, H, W) tensor of an item's image and its thumbnail (or None),
+        or (None, reason, None)."""
+        tensor, reason, thumb = None, None, None
+        try:
+            tensor, thumb = self._image(item)
+        except _Skip as exc:
+            reason = str(exc)
+        except InputError as exc:  # PayloadTooLargeError too: over the pixel limit
+            reason = _stable(str(exc))
+        except Exception as exc:  # a damaged file can fail late, inside the model's transforms
+            reason = _stable(f"cannot preprocess image: {type(exc).__name__}: {exc}")
+        return tensor, reason, thumb
+
+    def _image(self, item: WorkItem) -> tuple[Any, bytes | None]:
         if item.image is None:
-            return None, "empty image path"
+            raise _Skip("empty image path")
         try:
             data = item.image.read()
         except FileNotFoundError:
-            return None, f"missing file: {item.image.path}"
+            raise _Skip(f"missing file: {item.image.path}") from None
         except OSError as exc:
-            return None, f"unreadable file: {exc}"
+            raise _Skip(f"unreadable file: {exc}") from None
         if not data:
-            return None, "empty file (0 bytes)"
-        try:
+            raise _Skip("empty file (0 bytes)")
+        if self.thumbnail_size <= 0:
             return self.stage.preprocess_images([data])[0], None
-        except InputError as exc:  # PayloadTooLargeError too: over the pixel limit
-            return None, _stable(str(exc))
-        except Exception as exc:  # a damaged file can fail late, inside the model's transforms
-            return None, _stable(f"cannot preprocess image: {type(exc).__name__}: {exc}")
+        from gapfix.encoders import decode_image
+
+        img = decode_image(data, self.stage.max_pixels)
+        tensor = self.stage.preprocess_images([img])[0]
+        return tensor, jpeg_thumbnail(img, self.thumbnail_size)
 
     def __call__(self, shard: int, expected: int, items: Sequence[WorkItem]) -> PreparedBatch:
         import torch
@@ -99,8 +135,8 @@ class Preparer:
                 out.slots.append(SlotRow(it.seq, "item", it.id, meta, failure=fail))
                 continue
             if it.has_image:
-                tensor, reason = self.image_tensor(it)
-                row = SlotRow(it.seq, "image", it.id, meta)
+                tensor, reason, thumb = self.image_tensor(it)
+                row = SlotRow(it.seq, "image", it.id, meta, thumbnail=thumb)
                 if reason is None:
                     out.image_slots.append(len(out.slots))
                     pixels.append(tensor)
@@ -109,7 +145,7 @@ class Preparer:
                 out.slots.append(row)
             if it.text is not None:
                 text = it.text.strip()
-                row = SlotRow(it.seq, "text", it.id, meta)
+                row = SlotRow(it.seq, "text", it.id, meta, caption=text or None)
                 if text:
                     out.text_slots.append(len(out.slots))
                     texts.append(text)

@@ -119,8 +119,11 @@ def _prepare(batch: dict[str, np.ndarray], preparer: Preparer) -> dict[str, Any]
     """map_batches (tasks): items -> one row per slot with its preprocessed tensor as bytes."""
     out: dict[str, list[Any]] = {
         k: []
-        for k in ("shard", "expected", "seq", "slot", "id", "metadata", "source", "reason", "lead")
-    }
+        for k in (
+            "shard", "expected", "seq", "slot", "id", "metadata", "source", "reason", "lead",
+            "caption", "thumbnail",
+        )
+    }  # fmt: skip
     payload: list[bytes] = []
     groups: dict[tuple[int, int], list[WorkItem]] = {}
     n = len(batch["shard"])
@@ -137,6 +140,8 @@ def _prepare(batch: dict[str, np.ndarray], preparer: Preparer) -> dict[str, Any]
                 ("source", ""),
                 ("reason", ""),
                 ("lead", False),
+                ("caption", ""),
+                ("thumbnail", b""),
             ):
                 out[k].append(v)
             payload.append(b"")
@@ -181,6 +186,8 @@ def _prepare(batch: dict[str, np.ndarray], preparer: Preparer) -> dict[str, Any]
                 ("source", f.source if f else ""),
                 ("reason", f.reason if f else ""),
                 ("lead", slot.seq not in seen),
+                ("caption", slot.caption or ""),  # "" / b"": none (no nulls through Arrow)
+                ("thumbnail", slot.thumbnail or b""),
             ):
                 out[k].append(v)
             seen.add(slot.seq)
@@ -252,7 +259,12 @@ def _drain(
             slot = str(batch["slot"][i])
             reason = str(batch["reason"][i]) if "reason" in batch else ""
             row = SlotRow(
-                int(batch["seq"][i]), slot, str(batch["id"][i]), str(batch["metadata"][i])
+                int(batch["seq"][i]),
+                slot,
+                str(batch["id"][i]),
+                str(batch["metadata"][i]),
+                caption=str(batch["caption"][i]) or None,
+                thumbnail=bytes(batch["thumbnail"][i]) or None,
             )
             if reason:
                 row.failure = _slot_failure(batch, i)
@@ -327,7 +339,18 @@ def _read_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     from gapfix.jobs.shards import read_shard
 
     cols: dict[str, list[Any]] = {
-        k: [] for k in ("shard", "expected", "seq", "slot", "id", "metadata", "lead")
+        k: []
+        for k in (
+            "shard",
+            "expected",
+            "seq",
+            "slot",
+            "id",
+            "metadata",
+            "lead",
+            "caption",
+            "thumbnail",
+        )
     }
     embs = []
     for shard, path in zip(batch["shard"], batch["path"], strict=True):
@@ -342,6 +365,8 @@ def _read_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
                 ("id", ""),
                 ("metadata", "{}"),
                 ("lead", False),
+                ("caption", ""),
+                ("thumbnail", b""),
             ):
                 cols[k].append(v)
             embs.append(None)
@@ -355,6 +380,8 @@ def _read_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
                 ("id", data.ids[i]),
                 ("metadata", data.metadata[i]),
                 ("lead", True),
+                ("caption", data.captions[i] or ""),
+                ("thumbnail", data.thumbnails[i] or b""),
             ):
                 cols[k].append(v)
         embs.append(data.embeddings)

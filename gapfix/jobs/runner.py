@@ -57,6 +57,7 @@ def identity(m: dict[str, Any]) -> dict[str, Any]:
         "dim": m.get("dim"),
         "fingerprint": inp.get("fingerprint"),
         "shard_size": inp.get("shard_size"),
+        "thumbnail_size": inp.get("thumbnail_size"),
         "num_shards": inp.get("num_shards"),
         "transform": tr.get("sha256"),
     }
@@ -190,6 +191,8 @@ class SlotRow:
     metadata: str = "{}"
     embedding: np.ndarray | None = None
     failure: Failure | None = None
+    caption: str | None = None  # text slots: the embedded text
+    thumbnail: bytes | None = None  # image slots: a small JPEG, when asked for
 
 
 @dataclass
@@ -220,6 +223,8 @@ class ShardAssembler:
                 else np.zeros((0, dim), np.float32)
             ),
             metadata=[r.metadata for r in ok],
+            captions=[r.caption for r in ok],
+            thumbnails=[r.thumbnail for r in ok],
         )
         failures = [r.failure for r in rows if r.failure is not None]
         for f in failures:

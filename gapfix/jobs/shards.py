@@ -1,6 +1,10 @@
-"""Embedding shards on disk: parquet files with columns id, modality, embedding, metadata.
+"""Embedding shards on disk: parquet files with columns id, modality, embedding, metadata,
+caption, thumbnail.
 
-``embedding`` is ``fixed_size_list<float32>[dim]``; ``metadata`` is a JSON object as a string.
+``embedding`` is ``fixed_size_list<float32>[dim]``; ``metadata`` is a JSON object as a string;
+``caption`` is the embedded text of text rows (null on image rows); ``thumbnail`` is a small
+JPEG of image rows when the job was asked for thumbnails (else null). The last two let
+`gapfix index build` give the store what the search page shows.
 Shards are written to a temporary name and renamed only when complete; readers here stream them
 in bounded memory (`iter_embedding_blocks` for fitting, `iter_shard_batches` for indexing).
 """
@@ -44,6 +48,8 @@ def schema(dim: int) -> Any:
             pa.field("modality", pa.string(), nullable=False),
             pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
             pa.field("metadata", pa.string(), nullable=False),
+            pa.field("caption", pa.string(), nullable=True),
+            pa.field("thumbnail", pa.binary(), nullable=True),
         ]
     )
 
@@ -56,6 +62,13 @@ class ShardData:
     modalities: list[str] = field(default_factory=list)
     embeddings: np.ndarray | None = None  # (n, dim) float32
     metadata: list[str] = field(default_factory=list)  # JSON strings
+    captions: list[str | None] = field(default_factory=list)  # text rows' text
+    thumbnails: list[bytes | None] = field(default_factory=list)  # image rows' JPEG
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        self.captions = list(self.captions) or [None] * n
+        self.thumbnails = list(self.thumbnails) or [None] * n
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -80,6 +93,8 @@ def to_table(data: ShardData, dim: int) -> Any:
             pa.array(data.modalities, type=pa.string()),
             pa.FixedSizeListArray.from_arrays(values, dim),
             pa.array(data.metadata, type=pa.string()),
+            pa.array(data.captions, type=pa.string()),
+            pa.array(data.thumbnails, type=pa.binary()),
         ],
         schema=schema(dim),
     )
@@ -95,7 +110,14 @@ def write_shard(path: Path, data: ShardData, dim: int) -> None:
             table,
             tmp,
             row_group_size=ROW_GROUP_ROWS,
-            compression={"id": "zstd", "modality": "zstd", "embedding": "none", "metadata": "zstd"},
+            compression={
+                "id": "zstd",
+                "modality": "zstd",
+                "embedding": "none",
+                "metadata": "zstd",
+                "caption": "zstd",
+                "thumbnail": "none",
+            },
             use_dictionary=["modality"],
         )
 
@@ -122,6 +144,7 @@ def read_shard(path: Path) -> ShardData:
 
 
 def _from_table(t: Any) -> ShardData:
+    names = t.schema.names
     emb_col = t.column("embedding")
     if hasattr(emb_col, "combine_chunks"):  # a Table's ChunkedArray (a RecordBatch's is plain)
         emb_col = emb_col.combine_chunks()
@@ -132,6 +155,8 @@ def _from_table(t: Any) -> ShardData:
         modalities=t.column("modality").to_pylist(),
         embeddings=np.asarray(flat, dtype=np.float32).reshape(len(t), dim),
         metadata=t.column("metadata").to_pylist(),
+        captions=t.column("caption").to_pylist() if "caption" in names else [],
+        thumbnails=t.column("thumbnail").to_pylist() if "thumbnail" in names else [],
     )
 
 
