@@ -16,10 +16,9 @@ from typing import Any
 import numpy as np
 
 from gapfix.errors import InputError
-from gapfix.jobs.embed import _run_with_writer, _summary
 from gapfix.jobs.manifest import read_manifest, shard_file
 from gapfix.jobs.progress import Progress
-from gapfix.jobs.runner import ShardJob, ShardResult
+from gapfix.jobs.runner import ShardJob, ShardResult, run_with_writer, summarize
 from gapfix.jobs.shards import ShardData, read_shard
 
 
@@ -169,8 +168,8 @@ def run_correct(
 
     try:
         if pending:
-            _run_with_writer(produce_ray if ray else produce_local, commit)
+            run_with_writer(produce_ray if ray else produce_local, commit)
     finally:
         progress.close()
         job.finish()
-    return _summary("correct", job, counts, time.monotonic() - t0, skipped, log)
+    return summarize("correct", job, counts, time.monotonic() - t0, skipped, log)

@@ -14,7 +14,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from gapfix.jobs.model import (
 )
 from gapfix.jobs.prepare import PreparedBatch, Preparer, count_slots
 from gapfix.jobs.progress import Progress
-from gapfix.jobs.runner import ShardAssembler, ShardJob, ShardResult
+from gapfix.jobs.runner import ShardAssembler, ShardJob, ShardResult, run_with_writer, summarize
 from gapfix.jobs.sources import Plan, Source, open_source
 
 DEFAULT_SHARD_SIZE = 10_000
@@ -106,10 +105,7 @@ class _Prepare:
         self.preparer = preparer
 
     def __getitem__(self, desc: tuple[int, int, list[Any]]) -> PreparedBatch:
-        shard, expected, items = desc
-        batch = self.preparer(shard, expected, items)
-        batch.n_items = len(items)  # type: ignore[attr-defined]
-        return batch
+        return self.preparer(*desc)
 
 
 class _Descriptors:
@@ -122,7 +118,7 @@ class _Descriptors:
         return self.make()
 
 
-def _first(batch: Any) -> Any:
+def _identity(batch: Any) -> Any:
     return batch
 
 
@@ -165,7 +161,7 @@ def run_local(
         _Prepare(preparer),  # type: ignore[arg-type]
         batch_size=None,
         sampler=sampler,  # type: ignore[arg-type]
-        collate_fn=_first,
+        collate_fn=_identity,
         **loader_kw,
     )
     assemblers: dict[int, ShardAssembler] = {}
@@ -277,11 +273,11 @@ def run_embed(
                         run_local(source, plan, pending, encoder, opts, dim, on_result, progress)
                     )
 
-            _run_with_writer(produce, commit_and_count)
+            run_with_writer(produce, commit_and_count)
     finally:
         progress.close()
         job.finish()
-    summary = _summary("embed", job, counts, time.monotonic() - t0, skipped, log)
+    summary = summarize("embed", job, counts, time.monotonic() - t0, skipped, log)
     if timing:
         busy = timing["model_s"] / max(timing["model_s"] + timing["wait_s"], 1e-9)
         summary["model_s"] = round(timing["model_s"], 3)
@@ -291,63 +287,4 @@ def run_embed(
             f"embed: model busy {100 * busy:.0f}% of the loop ({timing['wait_s']:.1f}s waiting "
             "for decoded batches; raise --workers if that is large)"
         )
-    return summary
-
-
-def _run_with_writer(
-    produce: Callable[[Callable[[ShardResult], None]], None],
-    commit: Callable[[ShardResult], None],
-) -> None:
-    """Run ``produce`` while one background thread commits finished shards in order."""
-    futures: list[Future[None]] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gapfix-shard-writer") as pool:
-
-        def submit(res: ShardResult) -> None:
-            # surface a failed write early instead of queueing more work behind it
-            for f in [f for f in futures if f.done()]:
-                f.result()
-                futures.remove(f)
-            futures.append(pool.submit(commit, res))
-
-        try:
-            produce(submit)
-        finally:
-            for f in futures:
-                f.result()
-
-
-def _summary(
-    kind: str,
-    job: ShardJob,
-    counts: dict[str, int],
-    seconds: float,
-    skipped: int,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
-    totals = job.manifest["totals"]
-    rate = counts["items"] / seconds if seconds > 0 else 0.0
-    summary = {
-        "kind": kind,
-        "out": str(job.out),
-        "items": counts["items"],
-        "rows": {"image": counts["image"], "text": counts["text"]},
-        "failures": counts["failures"],
-        "shards_written": counts["shards"],
-        "shards_skipped": skipped,
-        "seconds": round(seconds, 3),
-        "items_per_s": round(rate, 2),
-        "totals": totals,
-        "complete": job.manifest["complete"],
-        "manifest": str(job.manifest_file),
-    }
-    log(
-        f"{kind}: {counts['items']} items in {seconds:.1f}s ({rate:.1f} items/s): "
-        f"{counts['image']} image + {counts['text']} text rows, {counts['failures']} failures; "
-        f"{counts['shards']} shards written, {skipped} already done"
-    )
-    log(
-        f"{kind}: totals {totals['rows']} rows ({totals['image']} image, {totals['text']} text), "
-        f"{totals['failures']} failures (see {job.out / 'failures.jsonl'}), "
-        f"{totals['shards_done']}/{totals['shards_total']} shards"
-    )
     return summary

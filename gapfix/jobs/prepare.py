@@ -29,6 +29,7 @@ class PreparedBatch:
 
     shard: int
     expected: int  # slots in the whole shard (for completion tracking)
+    n_items: int = 0  # input items in this batch
     slots: list[SlotRow] = field(default_factory=list)
     image_slots: list[int] = field(default_factory=list)  # indexes into slots
     pixels: Any = None  # torch.Tensor (n, 3, H, W) or None
@@ -124,7 +125,7 @@ class Preparer:
     def __call__(self, shard: int, expected: int, items: Sequence[WorkItem]) -> PreparedBatch:
         import torch
 
-        out = PreparedBatch(shard=shard, expected=expected)
+        out = PreparedBatch(shard=shard, expected=expected, n_items=len(items))
         pixels, texts = [], []
         if not items:
             out.slots.append(SlotRow(seq=-1, slot="empty", id=""))

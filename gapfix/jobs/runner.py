@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,64 @@ class ShardAssembler:
         return ShardResult(
             self.index, data, failures, items, seconds=time.monotonic() - self.started
         )
+
+
+def run_with_writer(
+    produce: Callable[[Callable[[ShardResult], None]], None],
+    commit: Callable[[ShardResult], None],
+) -> None:
+    """Run ``produce(submit)``; one background thread commits the shards it submits, in order
+    (so the model never waits on disk). A failed commit stops the run."""
+    futures: list[Future[None]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gapfix-shard-writer") as pool:
+
+        def submit(res: ShardResult) -> None:
+            # surface a failed write early instead of queueing more work behind it
+            for f in [f for f in futures if f.done()]:
+                f.result()
+                futures.remove(f)
+            futures.append(pool.submit(commit, res))
+
+        try:
+            produce(submit)
+        finally:
+            for f in futures:
+                f.result()
+
+
+def summarize(
+    kind: str,
+    job: ShardJob,
+    counts: dict[str, int],
+    seconds: float,
+    skipped: int,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The end-of-run summary (this run's counts, the folder's totals), also logged."""
+    totals = job.manifest["totals"]
+    rate = counts["items"] / seconds if seconds > 0 else 0.0
+    summary = {
+        "kind": kind,
+        "out": str(job.out),
+        "items": counts["items"],
+        "rows": {"image": counts["image"], "text": counts["text"]},
+        "failures": counts["failures"],
+        "shards_written": counts["shards"],
+        "shards_skipped": skipped,
+        "seconds": round(seconds, 3),
+        "items_per_s": round(rate, 2),
+        "totals": totals,
+        "complete": job.manifest["complete"],
+        "manifest": str(job.manifest_file),
+    }
+    log(
+        f"{kind}: {counts['items']} items in {seconds:.1f}s ({rate:.1f} items/s): "
+        f"{counts['image']} image + {counts['text']} text rows, {counts['failures']} failures; "
+        f"{counts['shards']} shards written, {skipped} already done"
+    )
+    log(
+        f"{kind}: totals {totals['rows']} rows ({totals['image']} image, {totals['text']} text), "
+        f"{totals['failures']} failures (see {job.out / 'failures.jsonl'}), "
+        f"{totals['shards_done']}/{totals['shards_total']} shards"
+    )
+    return summary
