@@ -580,3 +580,17 @@ def test_cli_bad_input_is_one_line_exit_2(data, tmp_path, args, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gapfix: error:") and message in lines[0]
     assert not (tmp_path / "o" / "shards").exists()
+
+
+@pytest.mark.gpu
+def test_embed_on_gpu_matches_cpu(data, ckpt, table_run, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    opts = _opts(ckpt, device="cuda", precision="fp32")
+    s = run_embed(data["table"], tmp_path / "gpu", opts, log=_quiet)  # pinned-memory loader
+    assert s["complete"] and s["failures"] == 4
+    a, b = _all_rows(tmp_path / "gpu"), _all_rows(table_run[0])
+    assert a[0] == b[0] and a[1] == b[1]
+    np.testing.assert_allclose(a[2], b[2], atol=1e-4)

@@ -157,11 +157,13 @@ def run_local(
             "worker_init_fn": _worker_init,
             "persistent_workers": False,
         }
+    device = getattr(encoder, "device", None)
     loader = DataLoader(
         _Prepare(preparer),  # type: ignore[arg-type]
         batch_size=None,
         sampler=sampler,  # type: ignore[arg-type]
         collate_fn=_identity,
+        pin_memory=getattr(device, "type", "cpu") == "cuda",
         **loader_kw,
     )
     assemblers: dict[int, ShardAssembler] = {}
