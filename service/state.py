@@ -11,6 +11,7 @@ from anyio import to_thread
 
 from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
 from gapfix.store import Store
+from service.search_batching import SearchBatcher
 from service.settings import Settings
 
 log = logging.getLogger("gapfix.service")
@@ -26,6 +27,7 @@ class AppState:
     store: Store | None = None
     encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
     batcher: Any = None  # gapfix.encoders.MicroBatcher
+    searcher: SearchBatcher = field(default_factory=SearchBatcher)
     started: bool = False
     stopping: bool = False
     started_at: float = field(default_factory=time.time)

@@ -613,3 +613,22 @@ def test_metrics_count_body_limit_rejections(tmp_path: Path) -> None:
     reqs = _samples(text, "gapfix_http_requests_total")
     key = (("method", "POST"), ("route", "/v1/collections/{collection}/items"), ("status", "413"))
     assert reqs[key] >= 1
+
+
+def test_gap_pca_pairs_documents(client: TestClient) -> None:
+    client.post("/v1/collections", json={"name": "docs"})
+    img, txt = rand(12, seed=5, shift=2.0), rand(12, seed=6, shift=-2.0)
+    items = [
+        {"id": f"d{k}", "image_vector": img[k].tolist(), "text_vector": txt[k].tolist()}
+        for k in range(12)
+    ]
+    client.post("/v1/collections/docs/items", json={"items": items})
+    gap = client.get("/v1/collections/docs/gap", params={"pca": True}).json()
+    assert gap["paired"] is True
+    p = gap["pca"]["raw"]
+    assert p["paired"] is True and len(p["image"]) == len(p["text"]) == 12
+    assert gap["pca"]["corrected"] == p  # no transform: the same picture
+    empty = client.post("/v1/collections", json={"name": "empty"})
+    assert empty.status_code == 201
+    gap = client.get("/v1/collections/empty/gap", params={"pca": True}).json()
+    assert gap["pca"] is None and gap["raw"] is None and gap["note"]

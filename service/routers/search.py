@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -59,31 +60,54 @@ async def query_vectors(
                     f"dimension {dim}",
                     param=f"{names[i]}.vector",
                 )
-            out[i] = (q.modality, np.asarray(q.vector, np.float32))
+            v = np.asarray(q.vector, np.float32)
+            if not np.isfinite(v).all() or not v.any():
+                raise InputError(
+                    "query vector must be finite and non-zero", param=f"{names[i]}.vector"
+                )
+            out[i] = (q.modality, v)
     return out
 
 
-def run_search(
+async def run_search(
+    state,
     coll: Collection,
     queries: list[Query],
     vectors: dict[int, tuple[str, np.ndarray]],
     req: SearchRequest,
 ) -> list[list[Any]]:
-    """Search every query: vector queries batched per modality (one FAISS call each)."""
+    """Search every query: vector queries per modality through the search batcher (merged with
+    concurrent requests into one FAISS call), id queries off the event loop."""
     results: list[list[Any]] = [[] for _ in queries]
+    groups = []
     for modality in ("text", "image"):
         idx = [i for i, (m, _) in vectors.items() if m == modality]
-        if not idx:
-            continue
-        mat = np.stack([vectors[i][1] for i in idx])
-        hits = coll.search(mat, modality, req.k, req.modalities, req.corrected)
+        if idx:
+            mat = np.stack([vectors[i][1] for i in idx])
+            groups.append(
+                (
+                    idx,
+                    state.searcher.search(
+                        coll, mat, modality, req.k, req.modalities, req.corrected
+                    ),
+                )
+            )
+    ids = [i for i, q in enumerate(queries) if q.id is not None]
+
+    def by_id() -> list[list[Any]]:
+        return [
+            coll.search_by_id(queries[i].id, req.k, req.modalities, req.corrected, req.exclude_self)
+            for i in ids
+        ]
+
+    jobs = [g for _, g in groups] + ([run_in_threadpool(by_id)] if ids else [])
+    done = await asyncio.gather(*jobs)
+    for (idx, _), hits in zip(groups, done, strict=False):
         for i, h in zip(idx, hits, strict=True):
             results[i] = h
-    for i, q in enumerate(queries):
-        if q.id is not None:
-            results[i] = coll.search_by_id(
-                q.id, req.k, req.modalities, req.corrected, req.exclude_self
-            )
+    if ids:
+        for i, h in zip(ids, done[-1], strict=True):
+            results[i] = h
     return results
 
 
@@ -111,7 +135,7 @@ async def search(req: SearchRequest, coll: CollectionDep, state: StateDep) -> di
     names = [f"queries[{i}]" for i in range(len(queries))] if batch else ["query"]
     vectors = await query_vectors(state, coll, queries, names)
     transform = coll.active_transform
-    results = await run_in_threadpool(run_search, coll, queries, vectors, req)
+    results = await run_search(state, coll, queries, vectors, req)
     used = req.corrected and transform is not None
     out: dict[str, Any] = {
         "results": None,
