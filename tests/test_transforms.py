@@ -256,3 +256,10 @@ def test_artifact_refusals(tmp_path, gapped) -> None:
         load_transform(tmp_path / "missing.gapfix")
     # pickle is never involved: the file is a plain safetensors header + raw arrays
     assert path.read_bytes()[8:9] == b"{"
+
+
+def test_auto_skips_candidates_the_dimension_cannot_take() -> None:
+    x, y = make_gapped(60, d=8, seed=5)
+    t = make_transform("auto", folds=2, repeats=1).fit(x, y)
+    assert all(r["params"].get("k", 0) < 8 for r in t.fit_table_)
+    assert t.transform(x, "image").shape == x.shape

@@ -77,8 +77,12 @@ class AutoTransform(GapTransform):
             param="method",
         )
 
-    def _candidates(self, paired: bool) -> list[tuple[str, dict[str, Any]]]:
-        cands = [c for c in DEFAULT_CANDIDATES if paired or c[0] != "procrustes"]
+    def _candidates(self, paired: bool, dim: int) -> list[tuple[str, dict[str, Any]]]:
+        cands = [
+            c
+            for c in DEFAULT_CANDIDATES
+            if (paired or c[0] != "procrustes") and int(c[1].get("k", 0)) < dim
+        ]
         if self.methods:
             wanted = {m.strip() for m in str(self.methods).split(",") if m.strip()}
             from gapfix.transforms import TRANSFORMS
@@ -125,7 +129,7 @@ class AutoTransform(GapTransform):
         rng = np.random.default_rng(int(self.seed))
         splits = [rng.permutation(n) % k for _ in range(max(int(self.repeats), 1))]
         rows = []
-        for method, params in self._candidates(paired=lab is None):
+        for method, params in self._candidates(paired=lab is None, dim=image.shape[1]):
             scores = []
             for fold_of, f in ((s, f) for s in splits for f in range(k)):
                 train, val = fold_of != f, fold_of == f
