@@ -128,18 +128,22 @@ class AutoTransform(GapTransform):
             raise InputError(f"auto needs at least 4 calibration rows, got {n}", param="image")
         rng = np.random.default_rng(int(self.seed))
         splits = [rng.permutation(n) % k for _ in range(max(int(self.repeats), 1))]
-        rows = []
-        for method, params in self._candidates(paired=lab is None, dim=image.shape[1]):
-            scores = []
-            for fold_of, f in ((s, f) for s in splits for f in range(k)):
-                train, val = fold_of != f, fold_of == f
+        candidates = self._candidates(paired=lab is None, dim=image.shape[1])
+        scores: list[list[dict[str, float]]] = [[] for _ in candidates]
+        # folds outer, candidates inner: candidates that share a training fold share its
+        # work (one covariance eigendecomposition serves every whitening shrinkage)
+        for fold_of, f in ((s, f) for s in splits for f in range(k)):
+            train, val = fold_of != f, fold_of == f
+            for i, (method, params) in enumerate(candidates):
                 if lab is None:
                     t = make_transform(method, **params).fit(image[train], text[train])
-                    scores.append(_paired_scores(t, image[val], text[val]))
+                    scores[i].append(_paired_scores(t, image[val], text[val]))
                 else:
                     t = make_transform(method, **params).fit(image[train], text)
-                    scores.append(_zeroshot_scores(t, image[val], text, lab[val]))
-            mean = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
+                    scores[i].append(_zeroshot_scores(t, image[val], text, lab[val]))
+        rows = []
+        for (method, params), cand_scores in zip(candidates, scores, strict=True):
+            mean = {key: float(np.mean([s[key] for s in cand_scores])) for key in cand_scores[0]}
             rows.append({"method": method, "params": params, **mean})
         best = self._choose(rows)
         self.fit_table_ = rows
