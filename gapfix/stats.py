@@ -205,7 +205,7 @@ def plot_gap(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gapfix.io import atomic_write_bytes
+    from gapfix.atomic import atomic_write_bytes
 
     pca = pca_2d(image, text, max_points=500, paired=paired)
     px, py = np.asarray(pca["image"]), np.asarray(pca["text"])

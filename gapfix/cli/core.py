@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gapfix.atomic import atomic_path
 from gapfix.blocks import iter_blocks
 from gapfix.cli._app import app, guarded
 from gapfix.errors import InputError
@@ -230,21 +229,12 @@ def apply(
             f"--input has dimension {z.shape[1]} but the transform was fitted on dimension {t.dim_}",
             "--input",
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".npy", dir=output.parent)
-    os.close(fd)
-    try:
+    with atomic_path(output) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=z.shape)
         for sl in iter_blocks(z.shape[0], 65_536):
             t.transform(z[sl], modality, out=out[sl])
         out.flush()
         del out
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     console.print(f"{z.shape[0]} {modality} rows corrected with {t.method} -> {output}")
 
 

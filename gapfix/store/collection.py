@@ -46,9 +46,9 @@ from typing import Any
 
 import numpy as np
 
+from gapfix.atomic import file_checksum, fsync_dir, remove_quietly, temp_path
 from gapfix.errors import InputError, NotFittedError
 from gapfix.metrics import COLLECTION_GAP, COLLECTION_ITEMS, STAGE_LATENCY
-from gapfix.store._files import file_checksum, fsync_dir, remove_quietly, temp_path
 from gapfix.store._rwlock import RWLock
 from gapfix.store.db import ItemDB, Rows
 from gapfix.store.errors import ConflictError, NotFoundError

@@ -36,14 +36,14 @@ from typing import Any
 import faiss
 import numpy as np
 
-from gapfix.errors import InputError
-from gapfix.store._files import (
+from gapfix.atomic import (
     atomic_write_json,
     file_checksum,
     fsync_file,
     remove_quietly,
     temp_path,
 )
+from gapfix.errors import InputError
 from gapfix.store.items import MODALITY_CODE, SEQ_BITS, fid_code
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gapfix.atomic import fsync_dir
 from gapfix.errors import GapfixError, InputError
-from gapfix.store._files import fsync_dir
 from gapfix.store.collection import Collection
 from gapfix.store.errors import ConflictError, NotFoundError
 from gapfix.store.index import INDEX_KINDS, IndexParams, gpu_available

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gapfix.atomic import atomic_write_bytes
 from gapfix.errors import ArtifactError
 
 FORMAT_VERSION = "1.0"
@@ -61,18 +60,7 @@ def save_transform(
     arrays = transform.fitted_state()
     meta = transform_metadata(transform, model_id)
     blob = save(arrays, metadata={META_KEY: json.dumps(meta)})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, blob)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
