@@ -265,8 +265,10 @@ def run_embed(
                 preparer = make_preparer(encoder, opts.max_pixels, opts.thumbnail_size)
 
                 def produce(on_result: Callable[[ShardResult], None]) -> None:
-                    run_embed_ray(
-                        source, plan, pending, opts, dim, on_result, progress, preparer, setup
+                    timing.update(
+                        run_embed_ray(
+                            source, plan, pending, opts, dim, on_result, progress, preparer, setup
+                        )
                     )
             else:
 
@@ -280,7 +282,10 @@ def run_embed(
         progress.close()
         job.finish()
     summary = summarize("embed", job, counts, time.monotonic() - t0, skipped, log)
-    if timing:
+    if "first_result_s" in timing:  # Ray: time until results came back (start-up, model loads)
+        summary["first_result_s"] = round(timing["first_result_s"], 3)
+        summary["first_items"] = int(timing["first_items"])
+    if "model_s" in timing:
         busy = timing["model_s"] / max(timing["model_s"] + timing["wait_s"], 1e-9)
         summary["model_s"] = round(timing["model_s"], 3)
         summary["wait_s"] = round(timing["wait_s"], 3)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -245,11 +246,21 @@ def _drain(
     on_result: Callable[[ShardResult], None],
     progress: Progress | None,
     count_items: bool,
+    timing: dict[str, float] | None = None,
 ) -> dict[int, ShardAssembler]:
-    """Stream result rows to the driver; commit each shard as soon as it is complete."""
+    """Stream result rows to the driver; commit each shard as soon as it is complete.
+
+    Returns the shards left incomplete (none unless rows were lost). ``timing`` gets
+    ``first_result_s`` (seconds until the first results came back: worker start-up, model
+    loads, the first batches) and ``first_items``.
+    """
     assemblers: dict[int, ShardAssembler] = {}
+    t0 = time.perf_counter()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
         n = len(batch["shard"])
+        if timing is not None and "first_result_s" not in timing:
+            timing["first_result_s"] = time.perf_counter() - t0
+            timing["first_items"] = float(batch["lead"].sum()) if count_items else float(n)
         items = fails = 0
         for i in range(n):
             shard = int(batch["shard"][i])
@@ -291,8 +302,9 @@ def run_embed_ray(
     progress: Progress,
     preparer: Preparer,
     setup: Callable[[], None] | None = None,
-) -> None:
-    """Run the embed pipeline for the ``pending`` shards on Ray Data."""
+) -> dict[str, float]:
+    """Run the embed pipeline for the ``pending`` shards on Ray Data; returns start-up timing
+    (see `_drain`)."""
     import ray.data
 
     init_ray(opts.ray)
@@ -312,6 +324,9 @@ def run_embed_ray(
     specs = [_spec_row(plan.shards[i]) for i in pending]
     ds = ray.data.from_items(specs, override_num_blocks=len(specs))
     ds = ds.flat_map(_expand, fn_kwargs={"source": source})
+    # one shard lists as one block: cut it into batches so that decode tasks and model actors
+    # work on a shard in parallel
+    ds = ds.repartition(target_num_rows_per_block=opts.batch_size)
     # Decode tasks ask for half a CPU (they also wait on I/O); model actors for a GPU, or a
     # whole CPU. The differing requests also keep Ray from fusing the two stages into one
     # actor: decoding runs in parallel tasks ahead of the model instead of inside it.
@@ -326,9 +341,11 @@ def run_embed_ray(
         num_gpus=1 if gpus else 0,
         num_cpus=1,
     )
-    left = _drain(ds, dim, on_result, progress, count_items=True)
+    timing: dict[str, float] = {}
+    left = _drain(ds, dim, on_result, progress, count_items=True, timing=timing)
     if left:
         raise RuntimeError(f"Ray run ended with shards incomplete: {sorted(left)}")
+    return timing
 
 
 # -------------------------------------------------------------------------------- correct

@@ -151,7 +151,9 @@ class FolderSource(Source):
     def plan(self, shard_size: int) -> Plan:
         entries, ignored = self._list()
         if not entries:
-            raise InputError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {self.path}")
+            raise InputError(
+                f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {self.path}", "input"
+            )
         names = [e[0] for e in entries]
         shards = [
             ShardSpec(index=i, files=tuple(names[s : s + shard_size]))
