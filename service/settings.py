@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         5.0, ge=0, description="how long POST .../transform waits before answering 202"
     )
     flush_interval_s: float = Field(30.0, gt=0, description="index files flushed this often")
+    faiss_blas_threshold: int = Field(
+        16_384,
+        ge=1,
+        description="FAISS uses BLAS for flat search when nq * dim >= this (FAISS default 128000;"
+        " lower is faster for the batched queries the service merges)",
+    )
 
     @field_validator("model", "pretrained", "device", "precision", mode="before")
     @classmethod

@@ -64,6 +64,11 @@ class AppState:
             log.info("vectors mode (GAPFIX_MODEL=none): no model loaded; clients send vectors")
         else:
             await to_thread.run_sync(self._load_model)
+        import faiss
+
+        # Process-wide: merged query batches (e.g. 64 x 512) sit below FAISS's default BLAS
+        # threshold and would take its much slower per-query path (see `make bench`).
+        faiss.cvar.distance_compute_blas_threshold = s.faiss_blas_threshold
         self.store = await to_thread.run_sync(
             lambda: Store(s.data_dir, flush_interval=s.flush_interval_s)
         )

@@ -22,7 +22,7 @@ from gapfix.transforms.moments import CrossMoments, Moments, Reservoir
 from gapfix.validation import check_embeddings, check_modality, check_paired, check_same_dim
 
 APPLY_BLOCK_ROWS = 65_536
-MATMUL_BLOCK_ROWS = 8192
+MATMUL_BLOCK_ROWS = 32_768
 SAMPLE_ROWS = 20_000
 
 
