@@ -195,8 +195,8 @@ KILL_SCRIPT = textwrap.dedent(
             for j in range(40)
         ]
         c.add(items)
-        if b == 3:
-            c.fit_transform("centering", wait_seconds=0)
+        if b == 3:  # activate a transform first (deterministic), then keep ingesting
+            assert c.fit_transform("centering", wait_seconds=120)
         print(b, flush=True)
         b += 1
     """

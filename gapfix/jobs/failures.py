@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gapfix.jobs._fs import atomic_write_bytes
+from gapfix.atomic import atomic_write_bytes
 
 FAILURES_DIR = "failures"
 FAILURES_FILE = "failures.jsonl"

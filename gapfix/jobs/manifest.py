@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gapfix.atomic import atomic_write_bytes
 from gapfix.errors import ArtifactError, InputError
-from gapfix.jobs._fs import atomic_write_bytes
 
 FORMAT = "gapfix-shards"
 FORMAT_VERSION = 1

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from gapfix.atomic import remove_stale_tmp
 from gapfix.errors import InputError
-from gapfix.jobs._fs import remove_stale_tmp
 from gapfix.jobs.failures import (
     FAILURES_DIR,
     Failure,

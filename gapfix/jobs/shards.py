@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from gapfix.atomic import atomic_path
 from gapfix.errors import ArtifactError, InputError
-from gapfix.jobs._fs import atomic_path
 from gapfix.jobs.manifest import MODALITIES, read_manifest, shard_file
 
 __all__ = [
