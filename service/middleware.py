@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -82,6 +83,9 @@ class BodyLimitMiddleware:
         await self.app(scope, replay, send)
 
 
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")  # "{item_id:path}" -> "{item_id}" in labels
+
+
 class MetricsMiddleware:
     """Count requests and time them per method and route template (never the raw path)."""
 
@@ -93,11 +97,11 @@ class MetricsMiddleware:
         route = scope.get("route")
         path = getattr(route, "path", None)
         if path:
-            return path
+            return _CONVERTER.sub(r"{\1}", path)
         for r in self.router.routes:  # requests answered before routing (413 by size)
             match, _ = r.matches(scope)
             if match == Match.FULL:
-                return getattr(r, "path", "unmatched")
+                return _CONVERTER.sub(r"{\1}", getattr(r, "path", "unmatched"))
         return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -632,3 +632,22 @@ def test_gap_pca_pairs_documents(client: TestClient) -> None:
     assert empty.status_code == 201
     gap = client.get("/v1/collections/empty/gap", params={"pca": True}).json()
     assert gap["pca"] is None and gap["raw"] is None and gap["note"]
+
+
+def test_item_ids_with_slashes_are_reachable(client) -> None:
+    """`gapfix embed` on a folder makes ids like 'sub/dir/img.jpg'; every item route reaches them."""
+    client.post("/v1/collections", json={"name": "paths", "index": "flat"})
+    vec = [1.0] + [0.0] * 7
+    r = client.post(
+        "/v1/collections/paths/items",
+        json={"items": [{"id": "sub/dir/a.jpg", "vector": vec, "modality": "image"}]},
+    )
+    assert r.status_code in (200, 201), r.text
+    r = client.get("/v1/collections/paths/items/sub/dir/a.jpg")
+    assert r.status_code == 200 and r.json()["id"] == "sub/dir/a.jpg"
+    r = client.get("/v1/collections/paths/items/sub%2Fdir%2Fa.jpg")
+    assert r.status_code == 200 and r.json()["id"] == "sub/dir/a.jpg"
+    r = client.get("/v1/collections/paths/items/sub/dir/a.jpg/thumbnail")
+    assert r.status_code == 404 and r.json()["error"]["param"] == "item_id"
+    assert client.delete("/v1/collections/paths/items/sub/dir/a.jpg").status_code == 200
+    assert client.get("/v1/collections/paths/items/sub/dir/a.jpg").status_code == 404

@@ -114,7 +114,25 @@ async def list_items(
 
 
 @router.get(
-    "/{item_id}",
+    "/{item_id:path}/thumbnail",
+    summary="An item's thumbnail",
+    response_class=Response,
+    dependencies=[Depends(require_read)],
+    responses={200: {"content": {"image/jpeg": {}}}, **responses(400, 401, 404)},
+)
+async def get_thumbnail(item_id: str, coll: CollectionDep) -> Response:
+    """The JPEG thumbnail made when the item's image was uploaded; 404 if it has none.
+
+    Item ids may contain ``/`` (``gapfix embed`` on a folder uses relative paths), so this
+    route is declared before ``GET /{item_id:path}``."""
+    data = await run_in_threadpool(coll.get_thumbnail, item_id)
+    if data is None:
+        raise ApiError(404, f"item {item_id!r} has no thumbnail", param="item_id")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.get(
+    "/{item_id:path}",
     response_model=ItemOut,
     summary="Get an item",
     dependencies=[Depends(require_read)],
@@ -141,23 +159,8 @@ async def get_item(
     )
 
 
-@router.get(
-    "/{item_id}/thumbnail",
-    summary="An item's thumbnail",
-    response_class=Response,
-    dependencies=[Depends(require_read)],
-    responses={200: {"content": {"image/jpeg": {}}}, **responses(400, 401, 404)},
-)
-async def get_thumbnail(item_id: str, coll: CollectionDep) -> Response:
-    """The JPEG thumbnail made when the item's image was uploaded; 404 if it has none."""
-    data = await run_in_threadpool(coll.get_thumbnail, item_id)
-    if data is None:
-        raise ApiError(404, f"item {item_id!r} has no thumbnail", param="item_id")
-    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
-
-
 @router.delete(
-    "/{item_id}",
+    "/{item_id:path}",
     response_model=Deleted,
     summary="Delete an item",
     dependencies=[Depends(require_write)],
