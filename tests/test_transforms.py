@@ -263,3 +263,16 @@ def test_auto_skips_candidates_the_dimension_cannot_take() -> None:
     t = make_transform("auto", folds=2, repeats=1).fit(x, y)
     assert all(r["params"].get("k", 0) < 8 for r in t.fit_table_)
     assert t.transform(x, "image").shape == x.shape
+
+
+def test_parallel_kernel_matches_serial() -> None:
+    from gapfix.kernels import PARALLEL_MIN_ROWS
+
+    x, y = make_gapped(PARALLEL_MIN_ROWS + 100, d=16, seed=6)
+    for method in ("centering", "standardize"):
+        t = make_transform(method).fit(x[:1000], y[:1000])
+        whole = t.transform(x, "image")  # parallel path
+        parts = np.concatenate(
+            [t.transform(x[i : i + 5000], "image") for i in range(0, len(x), 5000)]
+        )
+        np.testing.assert_allclose(whole, parts, atol=1e-6)
