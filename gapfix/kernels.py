@@ -48,6 +48,9 @@ if HAVE_NUMBA:
                 for j in range(d):
                     out[i, j] *= inv
 
+    # A second copy of the same body, not the same function compiled twice: numba's on-disk
+    # cache is keyed by source location, so two variants of one function would share (and
+    # swap) their cached machine code.
     @njit(fastmath=True, nogil=True, cache=True, parallel=True)
     def _rows_affine_parallel(x, scale, bias, out, use_scale, use_bias, renorm):  # pragma: no cover
         n, d = x.shape
