@@ -23,6 +23,20 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
+def _check_weights() -> None:
+    """Fail fast when the configured model's weights are neither local nor reachable."""
+    import inspect
+
+    from gapfix.encoders.loading import load_encoder, resolve_weights
+
+    defaults = inspect.signature(load_encoder).parameters
+    model = os.environ.get("GAPFIX_MODEL") or defaults["model"].default
+    if model.strip().lower() == "none":
+        return
+    pretrained = os.environ.get("GAPFIX_PRETRAINED") or defaults["pretrained"].default
+    resolve_weights(model, pretrained, cache_dir=os.environ.get("GAPFIX_MODEL_CACHE") or None)
+
+
 @app.command()
 @guarded
 def serve(
@@ -66,6 +80,7 @@ def serve(
     for key, value in overrides.items():
         if value is not None:
             os.environ[key] = value
+    _check_weights()  # a one-line error (exit 2) instead of a failed start-up with a traceback
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
