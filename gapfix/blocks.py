@@ -31,19 +31,3 @@ def normalized(x: np.ndarray, block_rows: int = DEFAULT_BLOCK_ROWS) -> np.ndarra
     for sl in iter_blocks(x.shape[0], block_rows):
         normalize_rows(np.asarray(x[sl], dtype=np.float32), out=out[sl])
     return out
-
-
-def column_sum(x: np.ndarray, block_rows: int = 65_536) -> np.ndarray:
-    """Float64 column sums of ``x`` computed in blocks."""
-    total = np.zeros(x.shape[1], dtype=np.float64)
-    for sl in iter_blocks(x.shape[0], block_rows):
-        total += np.asarray(x[sl], dtype=np.float64).sum(axis=0)
-    return total
-
-
-def mean_normalized(x: np.ndarray, block_rows: int = 65_536) -> np.ndarray:
-    """Mean of the L2-normalised rows of ``x`` (float64), in blocks."""
-    total = np.zeros(x.shape[1], dtype=np.float64)
-    for sl in iter_blocks(x.shape[0], block_rows):
-        total += normalize_rows(np.asarray(x[sl], dtype=np.float32)).sum(axis=0, dtype=np.float64)
-    return total / max(x.shape[0], 1)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from gapfix.atomic import atomic_path
 from gapfix.errors import InputError
 
 
@@ -100,9 +99,3 @@ def _load_parquet_column(path: Path, column: str | None, param: str) -> np.ndarr
         raise InputError(f"{param}: column {column!r} has rows of different lengths", param=param)
     flat = pc.list_flatten(col).to_numpy(zero_copy_only=False)
     return flat.reshape(n, int(lengths[0]))
-
-
-def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` as .npy atomically (never a partial file)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array, allow_pickle=False)

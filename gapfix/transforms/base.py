@@ -83,7 +83,6 @@ class GapTransform:
     method: ClassVar[str] = ""
     requires_pairs: ClassVar[bool] = False
     needs_outer: ClassVar[bool] = False
-    needs_sample: ClassVar[bool] = False
     fitted_arrays: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, renormalize: bool = True) -> None:
@@ -165,8 +164,6 @@ class GapTransform:
         self._samples = {
             m: Reservoir(SAMPLE_ROWS, dim, seed=i) for i, m in enumerate(("image", "text"))
         }
-        self._pair_sample = Reservoir(SAMPLE_ROWS, dim, seed=7) if self.requires_pairs else None
-        self._pair_sample_text = Reservoir(SAMPLE_ROWS, dim) if self.requires_pairs else None
         self._stale = True
         self._kernels: dict[str, Kernel] = {}
         self._torch_cache: dict[Any, Any] = {}
@@ -182,9 +179,6 @@ class GapTransform:
             res.put(x, rows, slots)
         if self._cross is not None and image is not None and text is not None:
             self._cross.update(image, text)
-            rows, slots = self._pair_sample.slots(image.shape[0])
-            self._pair_sample.put(image, rows, slots)
-            self._pair_sample_text.put(text, rows, slots)
 
     def _finish(self) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ import numpy as np
 
 from gapfix.errors import InputError
 from gapfix.transforms.base import GapTransform
-from gapfix.transforms.moments import Moments, Reservoir
+from gapfix.transforms.moments import Moments
 from gapfix.validation import check_embeddings
 
 
@@ -60,7 +60,6 @@ class TargetGap(MeanShift):
     """
 
     method = "target-gap"
-    needs_sample = True
     fitted_arrays = ("gap_vector_", "lam_")
 
     def __init__(self, gap: float = 0.1, tol: float = 1e-4, renormalize: bool = True) -> None:
@@ -296,7 +295,6 @@ __all__ = [
     "Identity",
     "MeanShift",
     "Procrustes",
-    "Reservoir",
     "Standardize",
     "TargetGap",
     "Whiten",

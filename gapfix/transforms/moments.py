@@ -63,10 +63,7 @@ class CrossMoments:
 
 
 class Reservoir:
-    """Uniform sample of at most ``capacity`` rows from a stream (Algorithm R, vectorised).
-
-    With ``paired`` streams, the image and text rows kept share their indices.
-    """
+    """Uniform sample of at most ``capacity`` rows from a stream (Algorithm R, vectorised)."""
 
     def __init__(self, capacity: int, dim: int, seed: int = 0) -> None:
         self.capacity = capacity
