@@ -18,6 +18,18 @@ def coco() -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model's ops are too small for threads; with a decode worker on a 2-core box
+    extra torch threads only wait on each other (keeps the suite fast, results unchanged)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_gapped(n: int, d: int = 64, gap: float = 0.8, seed: int = 0, noise: float = 0.5):
     """Synthetic paired embeddings in two offset cones (a controllable modality gap)."""
     rng = np.random.default_rng(seed)

@@ -28,17 +28,7 @@ from gapfix.jobs.progress import Progress
 from gapfix.jobs.shards import read_shard
 from gapfix.jobs.sources import FolderSource, TableSource, WebDatasetSource, open_source
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The tiny model's ops are too small for threads; with a decode worker on a 2-core box
-    extra torch threads only wait on each other (keeps the suite fast, results unchanged)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +84,8 @@ def table_run(data, ckpt, encoder, tmp_path_factory):
 
 
 def _all_rows(out):
-    m = read_manifest(out)
-    parts = [read_shard(out / r["file"]) for r in m["shards"]]
-    ids = [i for p in parts for i in p.ids]
-    mods = [x for p in parts for x in p.modalities]
-    meta = [x for p in parts for x in p.metadata]
-    emb = np.concatenate([p.embeddings for p in parts])
-    return ids, mods, emb, meta
+    d = T.read_rows(out)
+    return d.ids, d.modalities, d.embeddings, d.metadata
 
 
 # ------------------------------------------------------------------------------ readers

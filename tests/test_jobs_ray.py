@@ -8,21 +8,8 @@ import pytest
 from gapfix.jobs import EmbedOptions, read_manifest, run_correct, run_embed
 from gapfix.jobs import testing as T
 from gapfix.jobs.failures import read_failures
-from gapfix.jobs.shards import read_shard
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """The tiny model's ops are too small for threads; with a decode worker on a 2-core box
-    extra torch threads only wait on each other (keeps the suite fast, results unchanged)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -62,24 +49,12 @@ def setup(tmp_path_factory):
             "local": local}  # fmt: skip
 
 
-def _rows(out):
-    m = read_manifest(out)
-    parts = [read_shard(out / r["file"]) for r in m["shards"]]
-    return (
-        [i for p in parts for i in p.ids],
-        [x for p in parts for x in p.modalities],
-        np.concatenate([p.embeddings for p in parts]),
-        [x for p in parts for x in p.metadata],
-        [x for p in parts for x in p.captions],
-        [x for p in parts for x in p.thumbnails],
-    )
-
-
 def _same(a_dir, b_dir):
-    a, b = _rows(a_dir), _rows(b_dir)
-    assert a[0] == b[0] and a[1] == b[1] and a[3] == b[3] and a[4] == b[4] and a[5] == b[5]
-    assert any(t is not None for t in a[5]) and any(c is not None for c in a[4])
-    np.testing.assert_allclose(a[2], b[2], atol=1e-5)
+    a, b = T.read_rows(a_dir), T.read_rows(b_dir)
+    assert a.ids == b.ids and a.modalities == b.modalities and a.metadata == b.metadata
+    assert a.captions == b.captions and a.thumbnails == b.thumbnails
+    assert any(t is not None for t in a.thumbnails) and any(c is not None for c in a.captions)
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
     fa = sorted((f["id"], f["modality"], f["reason"]) for f in read_failures(a_dir))
     fb = sorted((f["id"], f["modality"], f["reason"]) for f in read_failures(b_dir))
     assert [x[:2] for x in fa] == [x[:2] for x in fb]

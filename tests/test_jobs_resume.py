@@ -15,23 +15,13 @@ import pytest
 from gapfix.jobs import EmbedOptions, read_manifest, run_embed
 from gapfix.jobs import testing as T
 from gapfix.jobs.failures import read_failures
-from gapfix.jobs.shards import read_shard, shard_row_counts
+from gapfix.jobs.shards import shard_row_counts
 
 CLI = [
     sys.executable,
     "-c",
     "import sys; from gapfix.cli import main; sys.argv[0] = 'gapfix'; main()",
 ]
-
-
-def _rows(out):
-    m = read_manifest(out)
-    parts = [read_shard(out / r["file"]) for r in m["shards"]]
-    return (
-        [i for p in parts for i in p.ids],
-        [x for p in parts for x in p.modalities],
-        np.concatenate([p.embeddings for p in parts]),
-    )
 
 
 @pytest.mark.slow
@@ -99,9 +89,9 @@ def test_kill_9_mid_run_then_rerun_matches_a_clean_run(tmp_path):
         run_embed(tmp_path / "imgs", clean, opts, encoder=load_encoder("gapfix-tiny", ckpt))
     finally:
         torch.set_num_threads(threads)
-    a, b = _rows(tmp_path / "killed"), _rows(clean)
-    assert a[0] == b[0] and a[1] == b[1] and len(a[0]) == 160
-    np.testing.assert_allclose(a[2], b[2], atol=1e-5)
+    a, b = T.read_rows(tmp_path / "killed"), T.read_rows(clean)
+    assert a.ids == b.ids and a.modalities == b.modalities and len(a.ids) == 160
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-5)
     assert read_failures(tmp_path / "killed") == read_failures(clean)
     assert len(read_failures(clean)) == 4
     assert read_manifest(tmp_path / "killed")["totals"] == read_manifest(clean)["totals"]

@@ -172,3 +172,21 @@ def write_tiny_checkpoint(path: str | Path, seed: int = 0) -> str:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), str(path))
     return str(path)
+
+
+def read_rows(out: str | Path) -> Any:
+    """Every row of a finished run (manifest folder), in order, as one ``ShardData``.
+
+    Loads the whole run into memory: for tests and small comparisons, not for real runs.
+    """
+    from gapfix.jobs.shards import ShardData, iter_shard_batches
+
+    parts = list(iter_shard_batches(out))
+    return ShardData(
+        ids=[i for p in parts for i in p.ids],
+        modalities=[m for p in parts for m in p.modalities],
+        embeddings=np.concatenate([p.embeddings for p in parts]),
+        metadata=[x for p in parts for x in p.metadata],
+        captions=[c for p in parts for c in p.captions],
+        thumbnails=[t for p in parts for t in p.thumbnails],
+    )
