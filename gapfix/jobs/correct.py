@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from gapfix.errors import InputError
-from gapfix.jobs.manifest import read_manifest, shard_file
+from gapfix.jobs.manifest import read_manifest, require_complete, shard_file
 from gapfix.jobs.progress import Progress
 from gapfix.jobs.runner import ShardJob, ShardResult, run_with_writer, summarize
 from gapfix.jobs.shards import ShardData, read_shard
@@ -80,13 +80,7 @@ def run_correct(
     from gapfix import load_transform
 
     src = read_manifest(manifest)
-    if not src.get("complete"):
-        t = src.get("totals", {})
-        raise InputError(
-            f"{manifest}: the embed job is not finished ({t.get('shards_done')}/"
-            f"{t.get('shards_total')} shards); rerun it to completion first",
-            param="manifest",
-        )
+    require_complete(src, manifest)
     transform = load_transform(transform_path)
     dim = int(src["dim"])
     if int(transform.dim_) != dim:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from gapfix.errors import InputError
-from gapfix.jobs.manifest import read_manifest
+from gapfix.jobs.manifest import read_manifest, require_complete
 from gapfix.jobs.progress import Progress
 from gapfix.jobs.shards import iter_shard_batches
 
@@ -156,13 +156,7 @@ def build_index(
             f"raw embeddings: pass the embed job's manifest and --transform {tr or 'FILE'}",
             param="manifest",
         )
-    if not m.get("complete"):
-        t = m.get("totals", {})
-        raise InputError(
-            f"{manifest}: the embed job is not finished ({t.get('shards_done')}/"
-            f"{t.get('shards_total')} shards); rerun it to completion first",
-            param="manifest",
-        )
+    require_complete(m, manifest)
     dim = int(m["dim"])
     tr_obj = None
     if transform is not None:

@@ -140,6 +140,17 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return m
 
 
+def require_complete(m: dict[str, Any], manifest: str | Path) -> None:
+    """Refuse a run whose shards are not all finished (``correct`` and ``index build`` read it)."""
+    if not m.get("complete"):
+        t = m.get("totals", {})
+        raise InputError(
+            f"{manifest}: the embed job is not finished ({t.get('shards_done')}/"
+            f"{t.get('shards_total')} shards); rerun it to completion first",
+            param="manifest",
+        )
+
+
 def shard_file(m: dict[str, Any], record: dict[str, Any]) -> Path:
     """Absolute path of a shard listed in a manifest returned by `read_manifest`."""
     return Path(m["root"]) / record["file"]
