@@ -31,6 +31,7 @@ def load_array(spec: str, mmap: bool = False, param: str = "input") -> np.ndarra
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            _check_npy_header(path, param)
             arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -56,8 +57,20 @@ def load_array(spec: str, mmap: bool = False, param: str = "input") -> np.ndarra
     except InputError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        if "pickle" in str(exc):
+            raise InputError(
+                f"{param}: {path} holds Python objects, not numbers (save a float array)",
+                param=param,
+            ) from None
         raise InputError(f"{param}: cannot read {path}: {exc}", param=param) from None
     return arr
+
+
+def _check_npy_header(path: Path, param: str) -> None:
+    """Refuse a file that is not a NumPy .npy array before numpy tries to parse it."""
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise InputError(f"{param}: {path} is not a NumPy .npy file", param=param)
 
 
 def _load_parquet_column(path: Path, column: str | None, param: str) -> np.ndarray:

@@ -127,6 +127,7 @@ def _bad(tmp_path: Path) -> dict[str, list[str]]:
     for name, arr in files.items():
         np.save(tmp_path / f"{name}.npy", arr)
     (tmp_path / "garbage.npy").write_bytes(b"garbage")
+    np.save(tmp_path / "objects.npy", np.array([[1.0, None]], dtype=object), allow_pickle=True)
     p = lambda n: str(tmp_path / f"{n}.npy")  # noqa: E731
     art = str(tmp_path / "ok.gapfix")
     run("fit", "--image", IMG, "--text", TXT, "--method", "centering", "--out", art)
@@ -143,6 +144,7 @@ def _bad(tmp_path: Path) -> dict[str, list[str]]:
         "paired method unpaired": ["fit", "--image", IMG, "--text", p("unpaired"), "--method", "procrustes", "--out", out],
         "labels out of range": ["fit", "--image", IMG, "--text", TXT, "--method", "auto", "--objective", "zeroshot", "--labels", p("labels_bad"), "--out", out],
         "unreadable": ["stats", "--image", p("garbage"), "--text", TXT],
+        "pickled objects": ["stats", "--image", p("objects"), "--text", TXT],
         "missing file": ["stats", "--image", p("nope"), "--text", TXT],
         "apply dim": ["apply", "--transform", art, "--modality", "image", "--input", p("dim"), "--output", str(tmp_path / "never.npy")],
         "apply modality": ["apply", "--transform", art, "--modality", "audio", "--input", IMG, "--output", str(tmp_path / "never.npy")],
@@ -161,6 +163,12 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path: Path) -> None:
         err = r.stderr.strip()
         assert err.startswith("gapfix: error:") and "\n" not in err, (name, err)
         assert sorted(p.name for p in tmp_path.iterdir()) == before, name  # nothing written
+
+
+def test_unreadable_files_are_named_plainly(tmp_path: Path) -> None:
+    cases = _bad(tmp_path)
+    assert "is not a NumPy .npy file" in run(*cases["unreadable"]).stderr
+    assert "holds Python objects" in run(*cases["pickled objects"]).stderr
 
 
 def test_console_script_exit_code(tmp_path: Path) -> None:
