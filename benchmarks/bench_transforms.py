@@ -3,7 +3,10 @@
 - shift-type apply (centering, mean-shift): rows/s / rows/s of ``np.copyto`` on the same array
   (one read + one write of the data: the memory-bandwidth bound), target >= 0.7;
 - whiten apply: GFLOP/s / numpy float32 matmul GFLOP/s on the same shapes, target >= 0.7;
-- streaming fit over 10M x 512 rows in 100k-row shards: peak RSS of the fitting process, < 1 GiB.
+- streaming fit over 10M x 512 rows in 100k-row shards: peak RSS of the fitting process, < 1 GiB;
+- on a CUDA GPU (torch tensors in, out): shift-type apply / ``clone`` of the same tensor, and
+  whiten apply / bare ``torch.addmm`` (highest float32 precision); skipped without a GPU.
+  ``GAPFIX_BENCH_TORCH_DEVICE=cpu`` runs this part on CPU tensors instead.
 Set GAPFIX_BENCH_ROWS to shrink the arrays on small machines.
 """
 
@@ -81,8 +84,66 @@ def _apply_results() -> list[BenchResult]:
     return results
 
 
+def _torch_time(torch, fn, device: str) -> float:
+    def synced() -> None:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    return best_time(synced, repeat=5)
+
+
+def _torch_apply_results(device: str) -> list[BenchResult]:
+    """Apply on torch tensors on ``device``, against a clone / addmm of the same tensor."""
+    import torch
+
+    x, y = _data(ROWS)
+    xt = torch.from_numpy(x).to(device)
+    copy_s = _torch_time(torch, xt.clone, device)
+    results = []
+    for method in ("centering", "mean-shift"):
+        t = make_transform(method).fit(x[:50_000], y[:50_000])
+        s = _torch_time(torch, lambda t=t: t.transform(xt, "image"), device)
+        results.append(
+            BenchResult(
+                name=f"apply {method} on {device} tensors ({ROWS:,}x{DIM})",
+                value=ROWS / s, unit="rows/s", baseline=ROWS / copy_s,
+                baseline_name=f"torch clone on {device}",
+                note="bias add and renormalise are 2 more passes over memory",
+            )
+        )  # fmt: skip
+    w = make_transform("whiten").fit(x[:50_000], y[:50_000])
+    k = w.kernel("image")
+    mat = torch.from_numpy(k.matrix).to(device)
+    bias = torch.from_numpy(k.bias).to(device)
+    flops = 2.0 * ROWS * DIM * DIM
+    mm_s = _torch_time(torch, lambda: torch.addmm(bias, xt, mat), device)
+    wh_s = _torch_time(torch, lambda: w.transform(xt, "image"), device)
+    results.append(
+        BenchResult(
+            name=f"apply whiten on {device} tensors ({ROWS:,}x{DIM})",
+            value=flops / wh_s / 1e9, unit="GFLOP/s", baseline=flops / mm_s / 1e9,
+            baseline_name=f"torch.addmm on {device}",
+        )
+    )  # fmt: skip
+    return results
+
+
+def _torch_device() -> str | None:
+    wanted = os.environ.get("GAPFIX_BENCH_TORCH_DEVICE")
+    if wanted:
+        return wanted
+    try:
+        import torch
+    except ImportError:
+        return None
+    return "cuda" if torch.cuda.is_available() else None
+
+
 def run() -> list[BenchResult]:
-    results = _apply_results()  # frees the 1M-row arrays before the memory measurement
+    device = _torch_device()
+    results = _torch_apply_results(device) if device else []
+    results += _apply_results()  # frees the 1M-row arrays before the memory measurement
     for method in ("centering", "standardize"):
         proc = subprocess.run(
             [sys.executable, "-c", STREAM_SCRIPT, str(STREAM_ROWS), str(DIM), method],

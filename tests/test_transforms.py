@@ -162,25 +162,68 @@ def test_float64_and_list_input(gapped) -> None:
     assert t.transform(x.astype(np.float64), "image").dtype == np.float32
 
 
-def test_torch_in_torch_out(gapped) -> None:
+@pytest.mark.parametrize("method", SIMPLE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_torch_in_torch_out(gapped, method: str, dtype: torch.dtype) -> None:
+    x, y = gapped
+    t = make_transform(method).fit(x, y)
+    zt = torch.from_numpy(x).to(dtype)
+    before = zt.clone()
+    for modality in ("image", "text"):
+        out = t.transform(zt, modality)
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+        assert out.device == zt.device and out.data_ptr() != zt.data_ptr()
+        want = t.transform(zt.to(torch.float32).numpy(), modality)
+        np.testing.assert_allclose(out.numpy(), want, atol=1e-5)
+    assert torch.equal(zt, before)  # the input is never modified
+
+
+def test_torch_exact_under_autocast(gapped) -> None:
+    # An encoder's autocast context must not leak into the correction (bf16 matmul: ~3e-3 off).
     x, y = gapped
     t = make_transform("whiten").fit(x, y)
-    zt = torch.from_numpy(x.copy())
-    out = t.transform(zt, "image")
-    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.device == zt.device
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = t.transform(torch.from_numpy(x), "image")
+    assert out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), t.transform(x, "image"), atol=1e-5)
-    assert torch.equal(zt, torch.from_numpy(x))
+
+
+@pytest.fixture
+def tf32_allowed():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+def test_tf32_setting_is_detected(tf32_allowed) -> None:
+    from gapfix.transforms.base import _tf32_possible
+
+    assert _tf32_possible(torch, torch.device("cuda"))
+    assert not _tf32_possible(torch, torch.device("cpu"))
 
 
 @pytest.mark.gpu
-def test_gpu_matches_cpu(gapped) -> None:
+@pytest.mark.parametrize("precision", ["highest", "high"])
+def test_gpu_matches_cpu(gapped, precision: str) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
     x, y = gapped
-    for method in ("centering", "mean-shift", "whiten", "procrustes"):
-        t = make_transform(method).fit(x, y)
-        gpu = t.transform(torch.from_numpy(x).cuda(), "image").cpu().numpy()
-        np.testing.assert_allclose(gpu, t.transform(x, "image"), atol=1e-5)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)  # "high" lets CUDA matmuls use TF32
+    try:
+        for method in ("centering", "mean-shift", "standardize", "whiten", "procrustes"):
+            t = make_transform(method).fit(x, y)
+            cpu = t.transform(x, "image")
+            gpu = t.transform(torch.from_numpy(x).cuda(), "image")
+            assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
+            np.testing.assert_allclose(gpu.cpu().numpy(), cpu, atol=1e-5)
+            with torch.autocast("cuda", dtype=torch.float16):
+                half = t.transform(torch.from_numpy(x).cuda().half(), "image")
+            want = t.transform(x.astype(np.float16).astype(np.float32), "image")
+            np.testing.assert_allclose(half.cpu().numpy(), want, atol=1e-5)
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_bad_inputs(gapped) -> None:

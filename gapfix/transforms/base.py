@@ -77,6 +77,16 @@ def _is_torch(z: Any) -> bool:
     return type(z).__module__.startswith("torch")
 
 
+def _tf32_possible(torch: Any, device: Any) -> bool:
+    """True when a float32 CUDA matmul may run in TF32 (10-bit mantissa) on ``device``."""
+    matmul = torch.backends.cuda.matmul
+    return device.type == "cuda" and (
+        matmul.allow_tf32
+        or torch.get_float32_matmul_precision() != "highest"
+        or getattr(matmul, "fp32_precision", "none") == "tf32"
+    )
+
+
 class GapTransform:
     """Base class: parameters in ``__init__``, fitted attributes end in ``_``, ``fit`` returns self."""
 
@@ -295,18 +305,29 @@ class GapTransform:
             )
             self._torch_cache[key] = cached
         matrix, scale, bias = cached
-        with torch.inference_mode():
+        # Exact float32 whatever the caller set up: autocast off (it would run the matmul in
+        # fp16/bf16), and float64 where CUDA matmuls may round inputs to TF32.
+        with torch.inference_mode(), torch.autocast(z.device.type, enabled=False):
             y = z.to(torch.float32)
+            own = y is not z  # y is a buffer of ours and may be updated in place
             if matrix is not None:
-                y = y @ matrix
-            elif scale is not None:
-                y = y * scale
-            if bias is not None:
-                y = y + bias
-            if y is z:
+                if _tf32_possible(torch, z.device):
+                    y64, m64 = y.double(), matrix.double()
+                    y64 = y64 @ m64 if bias is None else torch.addmm(bias.double(), y64, m64)
+                    y = y64.to(torch.float32)
+                else:
+                    y = y @ matrix if bias is None else torch.addmm(bias, y, matrix)
+                own = True
+            else:
+                if scale is not None:
+                    y, own = (y.mul_(scale) if own else y * scale), True
+                if bias is not None:
+                    y, own = (y.add_(bias) if own else y + bias), True
+            if not own:
                 y = y.clone()
             if self.renormalize:
-                y = torch.nn.functional.normalize(y, dim=1, eps=1e-12)
+                norms = torch.linalg.vector_norm(y, dim=1, keepdim=True)
+                y.div_(norms.clamp_min_(1e-12))
         return y
 
     # ------------------------------------------------------------------ persistence
