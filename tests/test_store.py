@@ -263,6 +263,12 @@ def test_corrected_search_closes_the_gap_on_real_embeddings(store: Store, pairs)
     got = c.search(q[:8], "text", k=5)
     assert [ids_of(r) for r in got] == [[names[j] for j in row] for row in want]
     assert np.allclose(c.correct(q[:3], "text"), qc[:3], atol=1e-6)
+    # image queries get the image-side map (regression: they once got the text side's)
+    qi = t.transform(unit(img[:8]), "image")
+    want = np.argsort(-(qi @ corpus.T), axis=1)[:, :5]
+    got = c.search(img[:8], "image", k=5)
+    assert [ids_of(r) for r in got] == [[names[j] for j in row] for row in want]
+    assert np.allclose(c.correct(img[:3], "image"), qi[:3], atol=1e-6)
     # metrics: items per modality and a smaller corrected centroid gap
     assert COLLECTION_ITEMS.labels("pairs", "image")._value.get() == 250
     raw_gap = COLLECTION_GAP.labels("pairs", "raw")._value.get()

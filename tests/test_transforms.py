@@ -178,6 +178,19 @@ def test_torch_in_torch_out(gapped, method: str, dtype: torch.dtype) -> None:
     assert torch.equal(zt, before)  # the input is never modified
 
 
+@pytest.mark.parametrize("method", SIMPLE)
+def test_query_role_changes_nothing_without_a_query_mean(gapped, method: str) -> None:
+    # regression: role="query" on an image query once selected the text-side map
+    x, y = gapped
+    t = make_transform(method).fit(x, y)
+    for z, modality in ((x, "image"), (y, "text")):
+        plain = t.transform(z, modality)
+        for role in ("query", "corpus"):
+            np.testing.assert_array_equal(t.transform(z, modality, role=role), plain)
+    with pytest.raises(InputError, match="role"):
+        t.transform(x, "image", role="queries")
+
+
 def test_torch_exact_under_autocast(gapped) -> None:
     # An encoder's autocast context must not leak into the correction (bf16 matmul: ~3e-3 off).
     x, y = gapped

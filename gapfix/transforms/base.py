@@ -73,6 +73,9 @@ class Kernel:
             rows_affine(dest, dest, None, self.bias, renormalize)
 
 
+ROLES = (None, "query", "corpus")
+
+
 def _is_torch(z: Any) -> bool:
     return type(z).__module__.startswith("torch")
 
@@ -239,11 +242,17 @@ class GapTransform:
             )
 
     def kernel(self, modality: str, role: str | None = None) -> Kernel:
-        """The precomputed affine kernel for ``modality``."""
-        key = modality if role is None else f"{modality}:{role}"
+        """The precomputed affine kernel for ``modality``.
+
+        ``role="query"`` on text selects the query-text map where the method learned one
+        (centering with ``query_text_mean``); every other combination is the modality's map.
+        """
+        if role not in ROLES:
+            raise InputError(f"role must be 'query' or 'corpus', got {role!r}", param="role")
+        key = "text:query" if modality == "text" and role == "query" else modality
         k = self._kernels.get(key)
         if k is None:
-            parts = self._kernel_parts(modality if role is None else key)
+            parts = self._kernel_parts(key)
             k = Kernel.affine(parts.get("shift"), parts.get("scale"), parts.get("matrix"))
             self._kernels[key] = k
         return k
