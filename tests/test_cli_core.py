@@ -149,6 +149,9 @@ def _bad(tmp_path: Path) -> dict[str, list[str]]:
         "apply dim": ["apply", "--transform", art, "--modality", "image", "--input", p("dim"), "--output", str(tmp_path / "never.npy")],
         "apply modality": ["apply", "--transform", art, "--modality", "audio", "--input", IMG, "--output", str(tmp_path / "never.npy")],
         "apply nan": ["apply", "--transform", art, "--modality", "image", "--input", p("nan"), "--output", str(tmp_path / "never.npy")],
+        "query text without its mean": ["fit", "--image", IMG, "--text", TXT, "--method", "centering", "--query-text", TXT, "--out", out],
+        "query text of another dim": ["fit", "--image", IMG, "--text", TXT, "--method", "centering", "--param", "query_text_mean=true", "--query-text", p("dim"), "--out", out],
+        "apply bad role": ["apply", "--transform", art, "--modality", "text", "--input", TXT, "--role", "asker", "--output", str(tmp_path / "never.npy")],
         "bad transform": ["apply", "--transform", p("garbage"), "--modality", "image", "--input", IMG, "--output", str(tmp_path / "never.npy")],
     }  # fmt: skip
 
@@ -163,6 +166,26 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path: Path) -> None:
         err = r.stderr.strip()
         assert err.startswith("gapfix: error:") and "\n" not in err, (name, err)
         assert sorted(p.name for p in tmp_path.iterdir()) == before, name  # nothing written
+
+
+def test_query_text_mean_fit_and_apply(tmp_path: Path) -> None:
+    d = np.load(COCO)
+    q = d["text"][:100] * 0.8 + 0.2 * d["text"][100:200]  # "queries" unlike the corpus texts
+    np.save(tmp_path / "q.npy", q)
+    art = tmp_path / "q.gapfix"
+    r = run("fit", "--image", IMG, "--text", TXT, "--method", "centering",
+            "--param", "query_text_mean=true", "--query-text", tmp_path / "q.npy", "--out", art)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    outs = {}
+    for role in ("query", "corpus"):
+        outs[role] = tmp_path / f"{role}.npy"
+        r = run("apply", "--transform", art, "--modality", "text", "--input",
+                tmp_path / "q.npy", "--output", outs[role], "--role", role)  # fmt: skip
+        assert r.exit_code == 0, r.output
+    centred = q - q.mean(0)
+    want = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.load(outs["query"]), want, atol=1e-5)
+    assert not np.allclose(np.load(outs["corpus"]), want, atol=1e-3)
 
 
 def test_unreadable_files_are_named_plainly(tmp_path: Path) -> None:

@@ -142,6 +142,14 @@ def fit(
     model_id: Annotated[
         str | None, typer.Option("--model-id", help="Record the embedding model")
     ] = None,
+    query_text: Annotated[
+        str | None,
+        typer.Option(
+            "--query-text",
+            help="Query-text embeddings: centering with --param query_text_mean=true learns "
+            "their own mean (apply with --role query)",
+        ),
+    ] = None,
 ) -> None:
     """Fit a gap-closing transform on calibration embeddings and save it as one file."""
     from gapfix.transforms import make_transform, parse_params
@@ -152,8 +160,13 @@ def fit(
             raise InputError("--objective applies to --method auto only", "--objective")
         params["objective"] = objective
     transform = make_transform(method, **params)
+    if (query_text is not None) != bool(params.get("query_text_mean")):
+        raise InputError(
+            "--query-text goes with --method centering --param query_text_mean=true",
+            "--query-text",
+        )
     if manifest is not None:
-        if image or text or labels:
+        if image or text or labels or query_text:
             raise InputError("--manifest replaces --image/--text/--labels", "--manifest")
         from gapfix.jobs.shards import iter_embedding_blocks, iter_paired_blocks, read_manifest
 
@@ -180,7 +193,14 @@ def fit(
         lab = _load_labels(labels)
         if lab is not None and method != "auto":
             raise InputError("--labels is used by --method auto --objective zeroshot", "--labels")
-        transform.fit(x, y, labels=lab)
+        if query_text is not None:
+            q = check_embeddings(
+                load_array(query_text, param="--query-text"), "--query-text", min_rows=2,
+                dim=x.shape[1],
+            )  # fmt: skip
+            transform.fit(x, y, query_text=q)
+        else:
+            transform.fit(x, y, labels=lab)
     transform.save(out, model_id=model_id)
     st = transform.fit_stats_
     if method == "auto":
@@ -214,11 +234,20 @@ def apply(
     modality: Annotated[str, typer.Option("--modality", help="image or text")],
     input: Annotated[str, typer.Option("--input", help="Embeddings to correct")],
     output: Annotated[Path, typer.Option("--output", help="Corrected embeddings (.npy)")],
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            help="corpus, or query: text queries get the query-text mean (fit --query-text)",
+        ),
+    ] = "corpus",
 ) -> None:
     """Correct embeddings with a saved transform (streams .npy input; atomic output)."""
     from gapfix.transforms.artifact import load_transform
 
     check_modality(modality, "--modality")
+    if role not in ("corpus", "query"):
+        raise InputError(f"--role must be 'corpus' or 'query', got {role!r}", "--role")
     if output.suffix.lower() != ".npy":
         raise InputError(f"--output must be a .npy file, got {output}", "--output")
     t = load_transform(transform)
@@ -232,7 +261,7 @@ def apply(
     with atomic_path(output) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=z.shape)
         for sl in iter_blocks(z.shape[0], 65_536):
-            t.transform(z[sl], modality, out=out[sl])
+            t.transform(z[sl], modality, out=out[sl], role=role)
         out.flush()
         del out
     console.print(f"{z.shape[0]} {modality} rows corrected with {t.method} -> {output}")
