@@ -31,7 +31,7 @@ MAX_METADATA_BYTES = 64 * 1024
 MAX_THUMBNAIL_BYTES = 512 * 1024
 MAX_CAPTION_BYTES = 64 * 1024
 DEFAULT_WEIGHT = 0.5
-_BAD_ID_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_BAD_ID_CHARS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # control chars, lone surrogates
 
 
 def encode_fids(seqs: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -131,13 +131,16 @@ class Batch:
 
 
 def check_item_id(item_id: Any, param: str = "id") -> str:
-    """Return a valid item id: a non-empty string of at most 256 characters, no control chars."""
+    """Return a valid item id: a non-empty string of at most 256 characters, no control chars
+    (nor lone surrogates, which SQLite cannot store)."""
     if not isinstance(item_id, str) or not item_id:
         raise InputError("item id must be a non-empty string", param=param)
     if len(item_id) > MAX_ID_CHARS:
         raise InputError(f"item id is longer than {MAX_ID_CHARS} characters", param=param)
     if _BAD_ID_CHARS.search(item_id):
-        raise InputError("item id must not contain control characters", param=param)
+        raise InputError(
+            "item id must not contain control characters or unpaired surrogates", param=param
+        )
     return item_id
 
 
@@ -255,11 +258,12 @@ def validate_batch(items: Sequence[ItemIn], dim: int | None) -> Batch:
             raise InputError(f"{p}.metadata must be a JSON object", param=f"{p}.metadata")
         try:
             js = json.dumps(meta, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+            size = len(js.encode())  # UnicodeEncodeError (a ValueError): lone surrogates
         except (TypeError, ValueError) as exc:
             raise InputError(
                 f"{p}.metadata is not JSON-serialisable: {exc}", f"{p}.metadata"
             ) from None
-        if len(js.encode()) > MAX_METADATA_BYTES:
+        if size > MAX_METADATA_BYTES:
             raise PayloadTooLargeError(
                 f"{p}.metadata is larger than {MAX_METADATA_BYTES} bytes", param=f"{p}.metadata"
             )
@@ -278,7 +282,13 @@ def validate_batch(items: Sequence[ItemIn], dim: int | None) -> Batch:
         if cap is not None:
             if not isinstance(cap, str):
                 raise InputError(f"{p}.caption must be a string", param=f"{p}.caption")
-            if len(cap.encode("utf-8", "surrogatepass")) > MAX_CAPTION_BYTES:
+            try:
+                size = len(cap.encode())
+            except UnicodeEncodeError:
+                raise InputError(
+                    f"{p}.caption is not valid text (an unpaired surrogate)", f"{p}.caption"
+                ) from None
+            if size > MAX_CAPTION_BYTES:
                 raise PayloadTooLargeError(
                     f"{p}.caption is larger than {MAX_CAPTION_BYTES} bytes", f"{p}.caption"
                 )

@@ -1,0 +1,72 @@
+"""Regression tests from an adversarial audit of the HTTP service and the store: malformed input
+gets a 4xx in the error envelope (never a 500, never a half-applied write)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from gapfix.errors import InputError
+from gapfix.store import ItemIn, Store
+from service.app import create_app
+from service.settings import Settings
+
+D = 8
+
+
+@contextmanager
+def client_for(tmp_path: Path, **overrides: Any) -> Iterator[TestClient]:
+    settings = Settings(_env_file=None, model="none", data_dir=tmp_path / "data", **overrides)  # type: ignore[call-arg]
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def assert_error(r: Any, status: int, type_: str, param: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(r.json()) == {"error"} and set(err) == {"type", "message", "param"}
+    assert err["message"] and err["type"] == type_, err
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+def _post_raw(client: TestClient, url: str, body: Any) -> Any:
+    """POST ``body`` as ASCII JSON: lone surrogates and NaN, which ``json=`` cannot send."""
+    return client.post(
+        url, content=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+
+
+def _vec(seed: int) -> list[float]:
+    x = np.random.default_rng(seed).standard_normal(D)
+    return (x / np.linalg.norm(x)).tolist()
+
+
+def test_lone_surrogates_are_400_and_write_nothing(tmp_path: Path) -> None:
+    with client_for(tmp_path) as client:
+        client.post("/v1/collections", json={"name": "c"})
+        ok = {"id": "ok", "vector": _vec(1), "modality": "text"}
+        for bad, param in (
+            ({"text": "x\ud800"}, "caption"),
+            ({"metadata": {"k": "\udc00"}}, "metadata"),
+            ({"metadata": {"\ud800": 1}}, "metadata"),
+        ):
+            items = [ok, {**ok, "id": "b", **bad}]
+            r = _post_raw(client, "/v1/collections/c/items", {"items": items})
+            assert_error(r, 400, "invalid_request", f"items[1].{param}")
+        assert client.get("/v1/collections/c").json()["count"] == 0
+    with Store(tmp_path / "lib", flush_interval=None) as store:
+        coll = store.create_collection("c")
+        with pytest.raises(InputError, match="surrogate"):
+            coll.add([ItemIn("x\ud800", text=np.ones(D, np.float32))])
+        with pytest.raises(InputError, match="surrogate"):
+            coll.get_item("x\udfff")
+        assert coll.count() == 0
