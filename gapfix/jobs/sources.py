@@ -400,10 +400,12 @@ def open_source(spec: str) -> Source:
 
     p = Path(spec)
     low = spec.lower()
-    if any(ch in spec for ch in "{*?["):
+    # an existing path is taken literally, even with "[", "{", "*" or "?" in its name
+    if not p.exists() and any(ch in spec for ch in "{*?["):
         paths: list[str] = []
         for pat in braceexpand.braceexpand(spec):
-            paths.extend(sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else [pat])
+            literal = os.path.exists(pat) or not any(c in pat for c in "*?[")
+            paths.extend([pat] if literal else sorted(glob.glob(pat)))
         tars = [q for q in paths if q.lower().endswith(TAR_EXTENSIONS)]
         if not tars:
             raise InputError(f"pattern {spec} matches no tar shards", param="input")

@@ -1,0 +1,52 @@
+"""Regression tests for bugs found auditing the batch jobs (embed, correct, index build)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from gapfix.jobs import EmbedOptions
+from gapfix.jobs import testing as T
+from gapfix.jobs.sources import FolderSource, TableSource, WebDatasetSource, open_source
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return T.write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def encoder(ckpt):
+    from gapfix.encoders import load_encoder
+
+    return load_encoder("gapfix-tiny", ckpt)
+
+
+def _opts(ckpt, **kw):
+    base = dict(
+        model="gapfix-tiny", pretrained=ckpt, batch_size=4, shard_size=5, workers=0, progress="off"
+    )
+    base.update(kw)
+    return EmbedOptions(**base)
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def test_existing_paths_with_glob_or_brace_characters_are_not_patterns(tmp_path):
+    folder = tmp_path / "photos [2020] {a}"
+    T.make_image_folder(folder, n=2, bad=False)
+    assert isinstance(open_source(str(folder)), FolderSource)
+    table, _ = T.make_table(tmp_path / "t", n=2, bad=False)
+    star = table.with_name("pairs*.csv")
+    shutil.copy(table, star)
+    assert isinstance(open_source(str(star)), TableSource)
+    (tar,) = T.make_webdataset(tmp_path / "w", shards=1, per_shard=2, bad=False)
+    odd = tar.with_name("shard[1].tar")
+    tar.rename(odd)
+    src = open_source(str(odd))
+    assert isinstance(src, WebDatasetSource) and src.tars == [str(odd)]
