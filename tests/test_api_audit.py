@@ -70,3 +70,31 @@ def test_lone_surrogates_are_400_and_write_nothing(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="surrogate"):
             coll.get_item("x\udfff")
         assert coll.count() == 0
+
+
+def test_extreme_finite_vectors_are_stored_and_searched_unit_length(tmp_path: Path) -> None:
+    """Float32 squares of |x| > ~1.8e19 overflow and of |x| < ~1e-19 underflow: norms must not."""
+    with client_for(tmp_path) as client:
+        client.post("/v1/collections", json={"name": "c"})
+        base = np.array(_vec(1))
+        items = [
+            {
+                "id": "big",
+                "vector": (base * 3e38 / np.abs(base).max()).tolist(),
+                "modality": "image",
+            },
+            {"id": "tiny", "vector": (base * 1e-30).tolist(), "modality": "image"},
+            {"id": "other", "vector": _vec(2), "modality": "image"},
+        ]
+        assert client.post("/v1/collections/c/items", json={"items": items}).status_code == 200
+        want = base / np.linalg.norm(base)
+        for item_id in ("big", "tiny"):
+            got = client.get(f"/v1/collections/c/items/{item_id}?vectors=true").json()
+            np.testing.assert_allclose(got["vectors"]["image"], want, atol=1e-6)
+        query = {"vector": [3e38] + [0.0] * (D - 1), "modality": "image"}
+        hits = client.post("/v1/collections/c/search", json={"query": query, "k": 3}).json()
+        assert max(abs(h["score"]) for h in hits["results"]) > 0.01
+        r = client.post(
+            "/v1/correct", json={"modality": "text", "vectors": [[1e-30] * D], "collection": "c"}
+        )
+        np.testing.assert_allclose(np.linalg.norm(r.json()["vectors"][0]), 1.0, atol=1e-6)

@@ -178,7 +178,8 @@ def _vector(x: Any, param: str) -> np.ndarray:
 def normalize(x: np.ndarray) -> np.ndarray:
     """Row-wise L2 normalisation into a new contiguous float32 array (zero rows stay zero)."""
     x = np.array(x, dtype=np.float32, order="C", copy=True)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    # float64 norms: float32 squares overflow above ~1.8e19 and underflow below ~1e-19
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))[:, None]
     np.divide(x, norms, out=x, where=norms > 0)
     return x
 
