@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 
-from gapfix.jobs import EmbedOptions
+from gapfix.jobs import EmbedOptions, build_index, run_embed
 from gapfix.jobs import testing as T
 from gapfix.jobs.sources import FolderSource, TableSource, WebDatasetSource, open_source
 
@@ -50,3 +51,13 @@ def test_existing_paths_with_glob_or_brace_characters_are_not_patterns(tmp_path)
     tar.rename(odd)
     src = open_source(str(odd))
     assert isinstance(src, WebDatasetSource) and src.tars == [str(odd)]
+
+
+def test_non_finite_metadata_is_stored_as_json_null(ckpt, encoder, tmp_path):
+    (tmp_path / "t.csv").write_text("id,caption,score\na,x,1.5\nb,y,inf\nc,z,-inf\n")
+    out = tmp_path / "emb"
+    run_embed(tmp_path / "t.csv", out, _opts(ckpt), encoder=encoder, log=_quiet)
+    meta = [json.loads(m) for m in T.read_rows(out).metadata]  # strict JSON: no Infinity
+    assert [m["score"] for m in meta] == [1.5, None, None]
+    s = build_index(out, tmp_path / "data", "c", progress_mode="off", log=_quiet)
+    assert s["added"] == 3

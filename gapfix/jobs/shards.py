@@ -12,6 +12,7 @@ in bounded memory (`iter_embedding_blocks` for fitting, `iter_shard_batches` for
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,20 @@ def iter_paired_blocks(
         yield img[:fill].copy(), txt[:fill].copy()
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN/inf floats (not JSON; the store refuses them) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def metadata_json(meta: dict[str, Any] | None) -> str:
-    """Serialise item metadata (non-JSON values such as dates become strings)."""
-    return json.dumps(meta or {}, ensure_ascii=False, sort_keys=True, default=str)
+    """Serialise item metadata as strict JSON (dates and other non-JSON values become
+    strings, NaN and infinities null)."""
+    return json.dumps(
+        _finite(meta or {}), ensure_ascii=False, sort_keys=True, default=str, allow_nan=False
+    )
