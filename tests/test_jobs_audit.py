@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
-from gapfix.jobs import EmbedOptions, build_index, run_embed
+from gapfix import make_transform
+from gapfix.errors import InputError
+from gapfix.jobs import EmbedOptions, build_index, iter_embedding_blocks, run_correct, run_embed
 from gapfix.jobs import testing as T
 from gapfix.jobs.sources import FolderSource, TableSource, WebDatasetSource, open_source
 
@@ -38,6 +41,15 @@ def _quiet(_msg: str) -> None:
     pass
 
 
+@pytest.fixture(scope="module")
+def pairs_run(ckpt, encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    table, _ = T.make_table(root, n=6, fmt="csv", bad=False)
+    summary = run_embed(table, root / "emb", _opts(ckpt), encoder=encoder, log=_quiet)
+    assert summary["complete"]
+    return root / "emb"
+
+
 def test_existing_paths_with_glob_or_brace_characters_are_not_patterns(tmp_path):
     folder = tmp_path / "photos [2020] {a}"
     T.make_image_folder(folder, n=2, bad=False)
@@ -61,3 +73,17 @@ def test_non_finite_metadata_is_stored_as_json_null(ckpt, encoder, tmp_path):
     assert [m["score"] for m in meta] == [1.5, None, None]
     s = build_index(out, tmp_path / "data", "c", progress_mode="off", log=_quiet)
     assert s["added"] == 3
+
+
+def test_bad_progress_and_index_kind_are_refused_before_writing(pairs_run, tmp_path):
+    img = np.concatenate(list(iter_embedding_blocks(pairs_run, "image")))
+    txt = np.concatenate(list(iter_embedding_blocks(pairs_run, "text")))
+    make_transform("centering").fit(img, txt).save(tmp_path / "c.gapfix")
+    with pytest.raises(InputError, match="progress"):
+        run_correct(pairs_run, tmp_path / "c.gapfix", tmp_path / "fix", progress_mode="bogus")
+    assert not (tmp_path / "fix").exists()
+    with pytest.raises(InputError, match="progress"):
+        build_index(pairs_run, tmp_path / "d1", "c", progress_mode="bogus", log=_quiet)
+    with pytest.raises(InputError, match="index kind"):
+        build_index(pairs_run, tmp_path / "d2", "c", index="bogus", progress_mode="off")
+    assert not (tmp_path / "d1").exists() and not (tmp_path / "d2").exists()

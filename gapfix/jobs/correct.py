@@ -17,7 +17,7 @@ import numpy as np
 
 from gapfix.errors import InputError
 from gapfix.jobs.manifest import read_manifest, require_complete, shard_file
-from gapfix.jobs.progress import Progress
+from gapfix.jobs.progress import Progress, check_mode
 from gapfix.jobs.runner import ShardJob, ShardResult, run_with_writer, summarize
 from gapfix.jobs.shards import ShardData, read_shard
 
@@ -79,6 +79,7 @@ def run_correct(
     """Write corrected copies of the shards of ``manifest`` under ``out``; returns a summary."""
     from gapfix import load_transform
 
+    check_mode(progress_mode)
     src = read_manifest(manifest)
     require_complete(src, manifest)
     transform = load_transform(transform_path)

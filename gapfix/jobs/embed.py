@@ -28,7 +28,7 @@ from gapfix.jobs.model import (
     make_preparer,
 )
 from gapfix.jobs.prepare import PreparedBatch, Preparer, count_slots
-from gapfix.jobs.progress import Progress
+from gapfix.jobs.progress import Progress, check_mode
 from gapfix.jobs.runner import ShardAssembler, ShardJob, ShardResult, run_with_writer, summarize
 from gapfix.jobs.sources import Plan, Source, open_source
 
@@ -67,8 +67,7 @@ class EmbedOptions:
             raise InputError("--thumbnails must be between 0 (none) and 1024", "thumbnail_size")
         if self.workers is not None and self.workers < 0:
             raise InputError("--workers must be >= 0", param="workers")
-        if self.progress not in ("auto", "bar", "log", "off"):
-            raise InputError("progress must be auto, bar, log or off", param="progress")
+        check_mode(self.progress)
 
     def spec(self) -> ModelSpec:
         return ModelSpec(

@@ -22,7 +22,7 @@ import numpy as np
 
 from gapfix.errors import InputError
 from gapfix.jobs.manifest import read_manifest, require_complete
-from gapfix.jobs.progress import Progress
+from gapfix.jobs.progress import Progress, check_mode
 from gapfix.jobs.shards import iter_shard_batches
 
 PAIRS = ("document", "split")
@@ -145,9 +145,14 @@ def build_index(
     artifact to activate on the collection. Returns a summary.
     """
     from gapfix import load_transform
-    from gapfix.store import Store, check_collection_name
+    from gapfix.store import INDEX_KINDS, Store, check_collection_name
 
     check_collection_name(collection)
+    if index not in INDEX_KINDS:  # before the store folder is created
+        raise InputError(
+            f"unknown index kind {index!r}; expected one of {list(INDEX_KINDS)}", param="index"
+        )
+    check_mode(progress_mode)
     m = read_manifest(manifest)
     if m.get("kind") != "embed":
         tr = (m.get("transform") or {}).get("path")

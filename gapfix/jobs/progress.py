@@ -7,6 +7,16 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from gapfix.errors import InputError
+
+MODES = ("auto", "bar", "log", "off")
+
+
+def check_mode(mode: str) -> None:
+    """Raise InputError unless ``mode`` is one of `MODES` (the ``--progress`` values)."""
+    if mode not in MODES:
+        raise InputError(f"--progress must be auto, bar, log or off, got {mode!r}", "progress")
+
 
 def _fmt_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
