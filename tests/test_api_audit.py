@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from gapfix.errors import InputError
 from gapfix.store import ItemIn, Store
+from gapfix.transforms import make_transform
 from service.app import create_app
 from service.settings import Settings
 
@@ -45,9 +46,13 @@ def _post_raw(client: TestClient, url: str, body: Any) -> Any:
     )
 
 
+def rand(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _vec(seed: int) -> list[float]:
-    x = np.random.default_rng(seed).standard_normal(D)
-    return (x / np.linalg.norm(x)).tolist()
+    return rand(1, seed)[0].tolist()
 
 
 def test_lone_surrogates_are_400_and_write_nothing(tmp_path: Path) -> None:
@@ -98,3 +103,32 @@ def test_extreme_finite_vectors_are_stored_and_searched_unit_length(tmp_path: Pa
             "/v1/correct", json={"modality": "text", "vectors": [[1e-30] * D], "collection": "c"}
         )
         np.testing.assert_allclose(np.linalg.norm(r.json()["vectors"][0]), 1.0, atol=1e-6)
+
+
+def test_ivfpq_pq_m_not_dividing_dim_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """Was: the batch committed to SQLite, then IVF-PQ training failed (400), leaving the items
+    searchable while the counts left them out."""
+    params = {"pq_m": 3, "train_size": 64}
+    with client_for(tmp_path) as client:
+        r = client.post("/v1/collections", json={"name": "d", "index": "ivfpq", "dim": D,
+                                                 "index_params": params})  # fmt: skip
+        assert_error(r, 400, "invalid_request", "index_params.pq_m")
+        client.post("/v1/collections", json={"name": "q", "index": "ivfpq", "index_params": params})
+        items = [{"id": f"i{k}", "vector": _vec(k), "modality": "image"} for k in range(70)]
+        r = client.post("/v1/collections/q/items", json={"items": items})
+        assert_error(r, 400, "invalid_request", "index_params.pq_m")
+        assert client.get("/v1/collections/q").json()["count"] == 0
+        assert client.get("/v1/collections/q/items").json()["items"] == []
+        hits = client.post(
+            "/v1/collections/q/search", json={"query": {"vector": _vec(1), "modality": "text"}}
+        ).json()["results"]
+        assert hits == []
+    with Store(tmp_path / "data", flush_interval=None) as store:  # nothing came back either
+        assert store.get("q").count() == 0 and store.get("q").dim is None
+        coll = store.create_collection("t", index="ivfpq", index_params=params)
+        t = make_transform("centering").fit(rand(4, 1), rand(4, 2))
+        with pytest.raises(InputError, match="pq_m"):
+            coll.set_transform(t)
+        assert coll.dim is None

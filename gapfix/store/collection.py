@@ -440,6 +440,8 @@ class Collection:
             self._check_open()
             if self._dim is not None and batch.dim != self._dim:
                 batch = validate_batch(items, self._dim)  # the dimension was fixed meanwhile
+            if self._dim is None:
+                self.index_params.check_dim(self.index_kind, batch.dim)
             view = self._view
             dim = batch.dim
             old = self._db.rows_for_ids(batch.ids, dim)
@@ -864,6 +866,7 @@ class Collection:
                     f"{self._dim}",
                     param="transform",
                 )
+            self.index_params.check_dim(self.index_kind, tdim)
         with self._write_lock:
             self._check_open()
             if transform is None:

@@ -106,6 +106,15 @@ class IndexParams:
                 )
         return cls(**params)
 
+    def check_dim(self, kind: str, dim: int) -> None:
+        """InputError when these settings cannot index ``dim``-d vectors (checked before the
+        dimension is fixed: ivfpq would otherwise fail only at training, after a commit)."""
+        if kind == "ivfpq" and self.pq_m is not None and dim % self.pq_m:
+            raise InputError(
+                f"index parameter pq_m={self.pq_m} must divide the dimension {dim}",
+                "index_params.pq_m",
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

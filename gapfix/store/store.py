@@ -132,6 +132,8 @@ class Store:
         ):
             raise InputError(f"dim must be an integer in [1, 65536], got {dim!r}", param="dim")
         params = IndexParams.from_dict(index, index_params)  # validates
+        if dim is not None:
+            params.check_dim(index, dim)
         with self._lock:
             self._check_open()
             if name in self._collections:
