@@ -132,3 +132,43 @@ def test_ivfpq_pq_m_not_dividing_dim_is_refused_before_anything_is_written(
         with pytest.raises(InputError, match="pq_m"):
             coll.set_transform(t)
         assert coll.dim is None
+
+
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("mean-shift", {"lam": float("nan")}),
+        ("mean-shift", {"lam": 1e308}),  # the shift overflows float32
+        ("mean-shift", {"lam": 1e30}),  # finite, but renormalising overflows to zero
+        ("whiten", {"eps": float("nan")}),
+        ("standardize", {"eps": -1.0}),  # sqrt of a negative variance
+    ],
+)
+def test_a_transform_mapping_to_nan_or_zero_is_refused(
+    tmp_path: Path, method: str, params: dict[str, float]
+) -> None:
+    """Was: activated; corrected search then returned no hits, /v1/correct nulls, /gap a 400."""
+    with client_for(tmp_path) as client:
+        client.post("/v1/collections", json={"name": "c"})
+        img, txt = rand(10, 1) + 2 * np.eye(D, dtype=np.float32)[0], rand(10, 2)
+        items = [{"id": f"i{k}", "vector": img[k].tolist(), "modality": "image"} for k in range(10)]
+        items += [{"id": f"t{k}", "vector": txt[k].tolist(), "modality": "text"} for k in range(10)]
+        client.post("/v1/collections/c/items", json={"items": items})
+        assert client.post("/v1/collections/c/transform", json={"method": "centering"}).is_success
+        body = {"method": method, "params": params}
+        err = assert_error(
+            _post_raw(client, "/v1/collections/c/transform", body), 400, "transform_failed"
+        )
+        assert "NaN, inf or zero" in err["message"]
+        info = client.get("/v1/collections/c/transform").json()
+        assert info["active"]["method"] == "centering"
+        query = {"query": {"vector": _vec(3), "modality": "text"}, "k": 3}
+        hits = client.post("/v1/collections/c/search", json=query).json()["results"]
+        assert len(hits) == 3 and all(np.isfinite(h["score"]) for h in hits)
+        assert client.get("/v1/collections/c/gap").status_code == 200
+    with Store(tmp_path / "lib", flush_interval=None) as store:
+        coll = store.create_collection("c")
+        t = make_transform(method, **params).fit(img, txt)
+        with pytest.raises(InputError, match="NaN, inf or zero"):
+            coll.set_transform(t)
+        assert coll.active_transform is None and coll.dim is None

@@ -153,6 +153,22 @@ def _add_sums(
     return {m: (a[m][0] + sign * b[m][0], a[m][1] + sign * b[m][1]) for m in COMPONENTS}
 
 
+def _check_maps_finite(transform: Any, param: str) -> None:
+    """InputError unless ``transform`` maps generic vectors to finite non-zero ones: a NaN, inf
+    or overflowing parameter would otherwise fill the corrected index with garbage."""
+    probe = np.random.default_rng(0).standard_normal((16, int(transform.dim_)))
+    probe = (probe / np.linalg.norm(probe, axis=1, keepdims=True)).astype(np.float32)
+    for modality in COMPONENTS:
+        for role in (None, "query"):
+            y = transform.transform(probe, modality, role=role)
+            if not np.isfinite(y).all() or not y.any(axis=1).all():
+                raise InputError(
+                    f"the transform maps {modality} vectors to NaN, inf or zero; check its "
+                    "parameters",
+                    param=param,
+                )
+
+
 def _gap(sums: dict[str, tuple[int, np.ndarray]] | None) -> float | None:
     if not sums or sums["image"][0] < 1 or sums["text"][0] < 1:
         return None
@@ -867,6 +883,7 @@ class Collection:
                     param="transform",
                 )
             self.index_params.check_dim(self.index_kind, tdim)
+            _check_maps_finite(transform, "transform")
         with self._write_lock:
             self._check_open()
             if transform is None:
@@ -1015,6 +1032,7 @@ class Collection:
                 t = job.fit
                 img, txt = (rv.pair_image, rv.pair_text) if t.paired else (rv.image, rv.text)
                 t.fit(img, txt)
+                _check_maps_finite(t, "params")
                 job.transform = t
             with self._write_lock:
                 if job.cancelled:
