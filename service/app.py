@@ -86,12 +86,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gapfix = state
     errors.install(app)
-    for module in (health, embed, correct, collections, items, search, gap, transform, ui):
+    modules = (health, embed, correct, collections, items, search, gap, transform, ui)
+    for module in modules:
         app.include_router(module.router)
 
     # Added innermost first: CORS (optional) wraps metrics, which wraps the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, router=app.router)
+    routes = [route for module in modules for route in module.router.routes]
+    app.add_middleware(MetricsMiddleware, routes=routes)
     if settings.origins:
         app.add_middleware(
             CORSMiddleware,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
+from collections.abc import Sequence
 
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gapfix.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -87,18 +87,22 @@ _CONVERTER = re.compile(r"\{(\w+):\w+\}")  # "{item_id:path}" -> "{item_id}" in 
 
 
 class MetricsMiddleware:
-    """Count requests and time them per method and route template (never the raw path)."""
+    """Count requests and time them per method and route template (never the raw path).
 
-    def __init__(self, app: ASGIApp, router: Any) -> None:
+    ``routes``: the API routes, matched for requests answered before routing (413 by size).
+    They are passed in rather than read from ``app.router``, where newer FastAPI versions keep
+    included routers nested (whose routes never match fully there)."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
-        self.router = router
+        self.routes = list(routes)
 
     def _template(self, scope: Scope) -> str:
         route = scope.get("route")
         path = getattr(route, "path", None)
         if path:
             return _CONVERTER.sub(r"{\1}", path)
-        for r in self.router.routes:  # requests answered before routing (413 by size)
+        for r in self.routes:  # requests answered before routing (413 by size)
             match, _ = r.matches(scope)
             if match == Match.FULL:
                 return _CONVERTER.sub(r"{\1}", getattr(r, "path", "unmatched"))

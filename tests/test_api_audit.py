@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from gapfix.errors import InputError
 from gapfix.store import ItemIn, Store
@@ -172,3 +173,28 @@ def test_a_transform_mapping_to_nan_or_zero_is_refused(
         with pytest.raises(InputError, match="NaN, inf or zero"):
             coll.set_transform(t)
         assert coll.active_transform is None and coll.dim is None
+
+
+def _count(client: TestClient, route: str, status: str) -> float:
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            labels = s.labels
+            if (
+                s.name == "gapfix_http_requests_total"
+                and labels.get("method") == "POST"
+                and (labels.get("route") == route and labels.get("status") == status)
+            ):
+                return s.value
+    return 0.0
+
+
+def test_body_limit_rejections_are_counted_under_their_route(tmp_path: Path) -> None:
+    """Was: labelled 'unmatched' (FastAPI keeps included routers nested in ``app.router``);
+    the older test passed only when an earlier test had counted a 413 on that route."""
+    route = "/v1/collections/{collection}/items"
+    with client_for(tmp_path, max_body_bytes=1024) as client:
+        client.post("/v1/collections", json={"name": "c"})
+        before = _count(client, route, "413")
+        r = client.post("/v1/collections/c/items", content=b"x" * 5000)
+        assert_error(r, 413, "payload_too_large")
+        assert _count(client, route, "413") == before + 1
