@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gapfix.errors import InputError
-from gapfix.store import ItemIn, Store
+from gapfix.store import ItemIn, NotFoundError, Store
 from gapfix.transforms import make_transform
 from service.app import create_app
 from service.settings import Settings
@@ -198,3 +198,33 @@ def test_body_limit_rejections_are_counted_under_their_route(tmp_path: Path) -> 
         r = client.post("/v1/collections/c/items", content=b"x" * 5000)
         assert_error(r, 413, "payload_too_large")
         assert _count(client, route, "413") == before + 1
+
+
+@pytest.mark.parametrize(
+    "call, db_method",
+    [
+        (lambda c: c.get_item("i0"), "get_item"),
+        (lambda c: c.get_thumbnail("i0"), "get_thumbnail"),
+        (lambda c: c.list_items(), "list_ids"),
+        (lambda c: c.raw_vectors(), "iter_rows"),
+        (lambda c: c.gap_statistics(), "seqs_and_codes"),
+    ],
+)
+def test_reads_racing_a_collection_delete_are_not_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: Any, db_method: str
+) -> None:
+    """Was a 500 (sqlite3.ProgrammingError: closed database) when ``DELETE /v1/collections/c``
+    landed between a read's open-check and its query (seen under concurrent load)."""
+    with Store(tmp_path, flush_interval=None) as store:
+        coll = store.create_collection("c")
+        coll.add([ItemIn(f"i{k}", image=v) for k, v in enumerate(rand(3, 1))])
+        coll.add([ItemIn(f"t{k}", text=v) for k, v in enumerate(rand(3, 2))])
+        original = getattr(coll._db, db_method)
+
+        def deleted_first(*args: Any, **kwargs: Any) -> Any:
+            store.delete_collection("c")
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(coll._db, db_method, deleted_first)
+        with pytest.raises(NotFoundError, match="does not exist"):
+            call(coll)

@@ -38,8 +38,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,6 +356,17 @@ class Collection:
                 f"collection {self.name!r} does not exist (deleted or closed)", "collection"
             )
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read outside the index lock: a delete or close that closes the database under it
+        is a NotFoundError, like any later call, not the driver's error (a 500)."""
+        self._check_open()
+        try:
+            yield
+        except (sqlite3.Error, RuntimeError):
+            self._check_open()  # closed meanwhile: raises NotFoundError
+            raise
+
     def _prepare(self, rows: Rows, transform: Any) -> _Prepared:
         """Index vectors of ``rows`` (raw, and corrected when ``transform`` is given) + sums."""
         raw = fuse(rows.image, rows.text, rows.codes, rows.weights)
@@ -609,8 +622,8 @@ class Collection:
     def get_item(self, item_id: str) -> Item:
         """The stored item (raw vectors, metadata); NotFoundError if absent."""
         check_item_id(item_id)
-        self._check_open()
-        item = self._db.get_item(item_id)
+        with self._reading():
+            item = self._db.get_item(item_id)
         if item is None:
             raise NotFoundError(f"item {item_id!r} not found", param="id")
         return item
@@ -618,8 +631,8 @@ class Collection:
     def get_thumbnail(self, item_id: str) -> bytes | None:
         """The item's thumbnail bytes, or None if it has none; NotFoundError if no such item."""
         check_item_id(item_id)
-        self._check_open()
-        exists, data = self._db.get_thumbnail(item_id)
+        with self._reading():
+            exists, data = self._db.get_thumbnail(item_id)
         if not exists:
             raise NotFoundError(f"item {item_id!r} not found", param="id")
         return data
@@ -628,8 +641,8 @@ class Collection:
         """``(id, modality)`` pairs in insertion order, for paging through a collection."""
         if offset < 0 or not 1 <= limit <= 10_000:
             raise InputError("offset must be >= 0 and limit in [1, 10000]", param="limit")
-        self._check_open()
-        return self._db.list_ids(offset, limit)
+        with self._reading():
+            return self._db.list_ids(offset, limit)
 
     def correct(self, vectors: Any, modality: str) -> np.ndarray:
         """Raw vectors of ``modality`` through the active transform (unit length, float32)."""
@@ -748,7 +761,7 @@ class Collection:
         dim = self._dim or 0
         parts: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "text", "pi", "pt")}
         if self._dim is not None:
-            with self._db.snapshot() as conn:
+            with self._reading(), self._db.snapshot() as conn:
                 for rows in self._db.iter_rows(conn, dim):
                     parts["image"].append(rows.image[rows.has_image])
                     parts["text"].append(rows.text[rows.has_text])
@@ -783,7 +796,7 @@ class Collection:
         sampled = paired = False
         counts = self.counts()
         if self._dim is not None:
-            with self._db.snapshot() as conn:  # sample seqs first: never load everything
+            with self._reading(), self._db.snapshot() as conn:  # sample seqs: never load all
                 seqs, codes = self._db.seqs_and_codes(conn)
                 counts = {m: int((codes == c).sum()) for m, c in MODALITY_CODE.items()}
                 paired = counts["image"] == 0 and counts["text"] == 0 and counts["document"] >= 2
