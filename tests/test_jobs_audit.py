@@ -87,3 +87,24 @@ def test_bad_progress_and_index_kind_are_refused_before_writing(pairs_run, tmp_p
     with pytest.raises(InputError, match="index kind"):
         build_index(pairs_run, tmp_path / "d2", "c", index="bogus", progress_mode="off")
     assert not (tmp_path / "d1").exists() and not (tmp_path / "d2").exists()
+
+
+def test_a_second_run_into_a_busy_out_folder_is_refused(tmp_path):
+    from gapfix.atomic import temp_path
+    from gapfix.jobs.runner import ShardJob
+
+    def job() -> ShardJob:
+        info = {"kind": "folder", "fingerprint": "f", "num_shards": 2}
+        return ShardJob(tmp_path / "out", kind="embed", model={}, dim=4, input_info=info)
+
+    first = job()
+    assert first.open() == [0, 1]
+    writing = temp_path(first.shard_path(0))  # the first run is mid-way through a shard
+    writing.parent.mkdir()
+    writing.write_bytes(b"half a parquet file")
+    with pytest.raises(InputError, match="in use by another"):
+        job().open()
+    assert writing.exists()  # not swept away as a stale temp file
+    writing.unlink()
+    first.finish()
+    assert job().open() == [0, 1]  # free again once the first run is over

@@ -10,6 +10,8 @@ into its deterministic row order.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +41,7 @@ from gapfix.jobs.manifest import (
 from gapfix.jobs.shards import ShardData, shard_row_counts, write_shard
 
 SHARDS_DIR = "shards"
+LOCK_NAME = ".lock"
 SLOT_ORDER = {"item": 0, "image": 1, "text": 2, "empty": 3}
 
 
@@ -99,12 +102,41 @@ class ShardJob:
         )
         self.manifest: dict[str, Any] = {}
         self.redone: list[int] = []
+        self._lock_fd: int | None = None
 
     def open(self) -> list[int]:
-        """Prepare the folder; return the indexes of shards still to do (all on a fresh run)."""
+        """Prepare the folder; return the indexes of shards still to do (all on a fresh run).
+
+        Holds an exclusive lock on the folder until `finish` (a second run into it is refused).
+        """
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out} exists and is not a folder", param="out")
         self.out.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            return self._open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _lock(self) -> None:
+        fd = os.open(self.out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise InputError(
+                f"--out {self.out} is in use by another gapfix job; wait for it to finish",
+                param="out",
+            ) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _open(self) -> list[int]:
         for sub in (self.out, self.out / SHARDS_DIR, self.out / FAILURES_DIR):
             remove_stale_tmp(sub)
         if not self.manifest_file.exists():
@@ -178,8 +210,11 @@ class ShardJob:
 
     def finish(self) -> int:
         """Merge the per-shard failure lists into ``failures.jsonl``; returns its line count."""
-        names = [shard_name(r["index"]) for r in self.manifest["shards"]]
-        return merge_failures(self.out, names)
+        try:
+            names = [shard_name(r["index"]) for r in self.manifest["shards"]]
+            return merge_failures(self.out, names)
+        finally:
+            self._unlock()
 
 
 @dataclass
