@@ -10,7 +10,7 @@ from typing import Any
 from anyio import to_thread
 
 from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
-from gapfix.store import Store
+from gapfix.store import NotFoundError, Store
 from service.search_batching import SearchBatcher
 from service.settings import Settings
 
@@ -126,7 +126,10 @@ class AppState:
                         f"collection {name!r} has dimension {cdim} but the model "
                         f"{self.model_id} embeds in {dim}"
                     )
-                transform = self.store.get(name).active_transform
+                try:
+                    transform = self.store.get(name).active_transform
+                except NotFoundError:  # deleted since it was listed
+                    continue
                 if transform is not None and cdim is not None and int(transform.dim_) != cdim:
                     problems.append(
                         f"collection {name!r}: active transform has dimension "

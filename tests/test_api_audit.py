@@ -228,3 +228,20 @@ def test_reads_racing_a_collection_delete_are_not_found(
         monkeypatch.setattr(coll._db, db_method, deleted_first)
         with pytest.raises(NotFoundError, match="does not exist"):
             call(coll)
+
+
+def test_readyz_survives_a_collection_deleted_while_it_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was a 404 from /readyz (NotFoundError) when a delete landed between listing the
+    collections and looking one up."""
+    with client_for(tmp_path) as client:
+        for name in ("a", "b"):
+            client.post("/v1/collections", json={"name": name})
+        store = client.app.state.gapfix.store
+        listed = store.list_collections()
+        store.delete_collection("a")
+        monkeypatch.setattr(store, "list_collections", lambda: listed)
+        r = client.get("/readyz")
+        assert r.status_code == 200, r.text
+        assert "b" in r.json()["collections"]
