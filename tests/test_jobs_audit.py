@@ -108,3 +108,29 @@ def test_a_second_run_into_a_busy_out_folder_is_refused(tmp_path):
     writing.unlink()
     first.finish()
     assert job().open() == [0, 1]  # free again once the first run is over
+
+
+def test_names_that_are_not_utf8_become_escaped_ids(ckpt, encoder, tmp_path):
+    import io
+    import os
+    import tarfile
+
+    bad = b"b\xffd".decode("utf-8", "surrogateescape")  # how Python hands such names over
+    folder = tmp_path / "imgs"
+    T.make_image_folder(folder, n=2, bad=False)
+    with open(os.fsencode(folder) + b"/b\xffd.png", "wb") as fh:
+        fh.write(T.image_bytes(3))
+    with open(os.fsencode(folder) + b"/c\xff.png", "wb") as fh:
+        fh.write(b"not an image")
+    s = run_embed(folder, tmp_path / "f", _opts(ckpt), encoder=encoder, log=_quiet)
+    assert s["complete"] and s["rows"]["image"] == 3 and s["failures"] == 1
+    assert "b\\xffd.png" in T.read_rows(tmp_path / "f").ids
+    tar = tmp_path / "w.tar"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as tf:
+        for name, blob in ((f"{bad}.png", T.image_bytes(1)), (f"{bad}.txt", b"a caption")):
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    s = run_embed(tar, tmp_path / "w", _opts(ckpt), encoder=encoder, log=_quiet)
+    assert s["complete"] and s["rows"] == {"image": 1, "text": 1}
+    assert T.read_rows(tmp_path / "w").ids == ["b\\xffd", "b\\xffd"]

@@ -93,11 +93,17 @@ class Plan:
     ignored_files: int = 0
 
 
+def printable(name: str) -> str:
+    """``name`` as valid UTF-8: bytes of a file or tar member name that are not UTF-8 (which
+    Python keeps as lone surrogates, unwritable to parquet and JSON) become ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _fingerprint(kind: str, entries: list[tuple[str, int, int]], extra: str = "") -> str:
     h = hashlib.sha256()
-    h.update(f"{kind}\n{extra}\n".encode())
+    h.update(f"{kind}\n{extra}\n".encode("utf-8", "surrogateescape"))
     for name, size, mtime in entries:
-        h.update(f"{name}\t{size}\t{mtime}\n".encode())
+        h.update(f"{name}\t{size}\t{mtime}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -166,8 +172,8 @@ class FolderSource(Source):
         return [
             WorkItem(
                 seq=i,
-                id=rel,
-                source=str(root / rel),
+                id=printable(rel),
+                source=printable(str(root / rel)),
                 image=ImageRef(str(root / rel)),
                 has_image=True,
             )
@@ -276,7 +282,7 @@ class TableSource(Source):
             item = WorkItem(
                 seq=i,
                 id=str(rid) if rid is not None else (img or str(rownum)),
-                source=f"{self.path}:row {rownum}" + (f" ({img})" if img else ""),
+                source=printable(f"{self.path}:row {rownum}" + (f" ({img})" if img else "")),
                 metadata={k: v for k, v in row.items() if k not in used},
                 has_image=image_col is not None,  # an empty path is reported, not skipped
             )
@@ -366,11 +372,19 @@ class WebDatasetSource(Source):
             # samples after the damage are unknown: report the shard, keep what was listed
             last = next(reversed(samples), None)
             where = f" (after sample {last!r})" if last is not None else ""
-            samples[f"{Path(spec.tar).name}#damaged"] = {"members": {}, "error": damage + where}
+            samples[printable(f"{Path(spec.tar).name}#damaged")] = {
+                "members": {},
+                "error": damage + where,
+            }
         items = []
         for i, (key, s) in enumerate(samples.items()):
             mem = s["members"]
-            item = WorkItem(seq=i, id=key, source=f"{spec.tar}:{key}", error=s.get("error"))
+            item = WorkItem(
+                seq=i,
+                id=printable(key),
+                source=printable(f"{spec.tar}:{key}"),
+                error=s.get("error"),
+            )
             img_ext = next((e for e in WDS_IMAGE_EXTS if e in mem), None)
             if img_ext:
                 item.image = mem[img_ext]
