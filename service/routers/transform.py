@@ -20,7 +20,10 @@ router = APIRouter(prefix="/v1/collections/{collection}/transform", tags=["trans
     summary="Fit and activate a transform",
     dependencies=[Depends(require_write)],
     responses={
-        202: {"description": "Fitted; stored vectors are being re-corrected in the background."},
+        202: {
+            "description": "Still fitting, or re-correcting the stored vectors, in the background"
+            " (poll GET). A restart resumes re-correcting; a fit it interrupts is dropped."
+        },
         **responses(400, 401, 404, 422),
     },
 )
