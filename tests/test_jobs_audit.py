@@ -134,3 +134,39 @@ def test_names_that_are_not_utf8_become_escaped_ids(ckpt, encoder, tmp_path):
     s = run_embed(tar, tmp_path / "w", _opts(ckpt), encoder=encoder, log=_quiet)
     assert s["complete"] and s["rows"] == {"image": 1, "text": 1}
     assert T.read_rows(tmp_path / "w").ids == ["b\\xffd", "b\\xffd"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: m["shards"][0].pop("index"),
+        lambda m: m["shards"][1].pop("rows"),
+        lambda m: m.update(shards=["x"]),
+        lambda m: m.update(shards=None),
+        lambda m: m.update(input={}),
+        lambda m: m.update(dim="abc"),
+        lambda m: m["shards"][1].update(index=0),  # twice, and shard 1 missing
+    ],
+)
+def test_damaged_manifest_is_a_one_line_error(pairs_run, tmp_path, damage):
+    from typer.testing import CliRunner
+
+    from gapfix.cli import app
+
+    src = tmp_path / "src"
+    shutil.copytree(pairs_run, src)
+    m = json.loads((src / "manifest.json").read_text())
+    damage(m)
+    (src / "manifest.json").write_text(json.dumps(m))
+    img = np.concatenate(list(iter_embedding_blocks(pairs_run, "image")))
+    txt = np.concatenate(list(iter_embedding_blocks(pairs_run, "text")))
+    make_transform("centering").fit(img, txt).save(tmp_path / "c.gapfix")
+    for args in (
+        ["correct", "--manifest", str(src), "--transform", str(tmp_path / "c.gapfix"), "--out"],
+        ["index", "build", "--manifest", str(src), "--collection", "c", "--data-dir"],
+    ):
+        r = CliRunner().invoke(app, [*args, str(tmp_path / "out"), "--progress", "off"])
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1, r.output
+        assert lines[0].startswith("gapfix: error:") and "manifest" in lines[0]
+        assert not (tmp_path / "out").exists()

@@ -136,8 +136,44 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     for key in ("dim", "shards", "input", "model"):
         if key not in m:
             raise ArtifactError(f"{p}: manifest has no {key!r}", param="manifest")
+    problem = _shape_problem(m)
+    if problem:
+        raise ArtifactError(f"{p}: damaged manifest: {problem}", param="manifest")
+    refresh_totals(m)  # totals and complete follow from the shard list
     m["root"] = str(p.parent.resolve())
     return m
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _shape_problem(m: dict[str, Any]) -> str | None:
+    """What is wrong with the fields the jobs read (None: nothing)."""
+    if not _is_int(m["dim"]) or m["dim"] < 1:
+        return f"dim must be a positive integer, got {m['dim']!r}"
+    if not isinstance(m["model"], dict | None) or not isinstance(m["input"], dict):
+        return "model and input must be objects"
+    n = m["input"].get("num_shards")
+    if not _is_int(n) or n < 0:
+        return f"input.num_shards must be a non-negative integer, got {n!r}"
+    if not isinstance(m["shards"], list):
+        return "shards must be a list"
+    seen = set()
+    for i, rec in enumerate(m["shards"]):
+        ok = (
+            isinstance(rec, dict)
+            and _is_int(rec.get("index"))
+            and 0 <= rec["index"] < n
+            and rec["index"] not in seen
+            and isinstance(rec.get("file"), str)
+            and isinstance(rec.get("rows"), dict)
+            and all(_is_int(rec["rows"].get(mod, 0)) for mod in MODALITIES)
+        )
+        if not ok:
+            return f"shards[{i}] is not a record of a distinct shard (index, file, rows)"
+        seen.add(rec["index"])
+    return None
 
 
 def require_complete(m: dict[str, Any], manifest: str | Path) -> None:
