@@ -170,3 +170,20 @@ def test_damaged_manifest_is_a_one_line_error(pairs_run, tmp_path, damage):
         assert r.exit_code == 2 and len(lines) == 1, r.output
         assert lines[0].startswith("gapfix: error:") and "manifest" in lines[0]
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_correct_checks_every_input_shard_before_writing(pairs_run, tmp_path, damage):
+    src = tmp_path / "src"
+    shutil.copytree(pairs_run, src)
+    last = sorted((src / "shards").iterdir())[-1]
+    if damage == "truncate":
+        last.write_bytes(last.read_bytes()[:300])
+    else:
+        last.unlink()
+    img = np.concatenate(list(iter_embedding_blocks(pairs_run, "image")))
+    txt = np.concatenate(list(iter_embedding_blocks(pairs_run, "text")))
+    make_transform("centering").fit(img, txt).save(tmp_path / "c.gapfix")
+    with pytest.raises(InputError, match=last.name):
+        run_correct(src, tmp_path / "c.gapfix", tmp_path / "fix", progress_mode="off")
+    assert not (tmp_path / "fix").exists()  # no half-corrected output

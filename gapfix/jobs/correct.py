@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from gapfix.errors import InputError
-from gapfix.jobs.manifest import read_manifest, require_complete, shard_file
+from gapfix.jobs.manifest import MODALITIES, read_manifest, require_complete, shard_file
 from gapfix.jobs.progress import Progress, check_mode
 from gapfix.jobs.runner import ShardJob, ShardResult, run_with_writer, summarize
-from gapfix.jobs.shards import ShardData, read_shard
+from gapfix.jobs.shards import ShardData, read_shard, shard_row_counts
 
 
 def _stderr(msg: str) -> None:
@@ -45,6 +45,27 @@ def source_fingerprint(m: dict[str, Any]) -> str:
         size = p.stat().st_size if p.is_file() else -1
         h.update(f"{rec['index']}\t{rec['file']}\t{size}\t{sorted(rec['rows'].items())}\n".encode())
     return h.hexdigest()
+
+
+def check_shards(m: dict[str, Any], manifest: str | Path) -> None:
+    """Raise InputError unless every shard of ``m`` reads back with its recorded rows and dim
+    (a damaged input is refused before anything is written, not half-way through)."""
+    for rec in m["shards"]:
+        path = shard_file(m, rec)
+        try:
+            counts = shard_row_counts(path, int(m["dim"]))
+        except (OSError, ValueError) as exc:  # missing, not parquet, wrong dim
+            raise InputError(
+                f"{manifest}: shard {rec['file']} is unreadable ({exc}); rerun the embed job",
+                param="manifest",
+            ) from None
+        want = {mod: int(rec["rows"].get(mod, 0)) for mod in MODALITIES}
+        if counts != want:
+            raise InputError(
+                f"{manifest}: shard {rec['file']} has rows {counts}, the manifest says {want}; "
+                "rerun the embed job",
+                param="manifest",
+            )
 
 
 def correct_shard(data: ShardData, transform: Any) -> ShardData:
@@ -100,6 +121,7 @@ def run_correct(
         )
     if Path(out).resolve() == Path(src["root"]).resolve():
         raise InputError("--out must differ from the input shards' folder", param="out")
+    check_shards(src, manifest)
     transform_info = {
         "path": str(Path(transform_path).resolve()),
         "sha256": file_sha256(transform_path),
