@@ -178,6 +178,31 @@ def test_torch_in_torch_out(gapped, method: str, dtype: torch.dtype) -> None:
     assert torch.equal(zt, before)  # the input is never modified
 
 
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("mean-shift", {"lam": float("nan")}),
+        ("mean-shift", {"lam": 1e30}),
+        ("mean-shift", {"lam": "inf"}),
+        ("target-gap", {"gap": 2.5}),
+        ("target-gap", {"gap": -0.1}),
+        ("standardize", {"eps": -1.0}),
+        ("whiten", {"eps": float("nan")}),
+        ("whiten", {"shrinkage": 1.5}),
+        ("ablate-dims", {"k": 0}),
+        ("auto", {"folds": 1}),
+        ("auto", {"tolerance": -0.5}),
+    ],
+)
+def test_out_of_range_params_are_refused_before_fitting(gapped, method: str, params) -> None:
+    name = next(iter(params))
+    with pytest.raises(InputError, match=f"parameter '{name}' .* must be in"):
+        make_transform(method, **params)
+    t = TRANSFORMS[method](**{name: float(params[name])})  # built directly: fit refuses it
+    with pytest.raises(InputError, match="must be in"):
+        t.fit(*gapped)
+
+
 @pytest.mark.parametrize("method", SIMPLE)
 def test_query_role_changes_nothing_without_a_query_mean(gapped, method: str) -> None:
     # regression: role="query" on an image query once selected the text-side map

@@ -77,7 +77,9 @@ def make_transform(method: str, **params: Any) -> GapTransform:
             "params",
         )
     kwargs = {k: _coerce(v, valid[k], k) for k, v in params.items()}
-    return cls(**kwargs)
+    transform = cls(**kwargs)
+    transform.validate_params()  # fail before any data is read
+    return transform
 
 
 def parse_params(pairs: list[str] | None) -> dict[str, str]:

@@ -47,6 +47,7 @@ class AutoTransform(GapTransform):
     """
 
     method = "auto"
+    param_bounds = (("folds", 2, 100), ("repeats", 1, 100), ("tolerance", 0.0, 1.0))
 
     def __init__(
         self,
@@ -96,6 +97,7 @@ class AutoTransform(GapTransform):
     def fit(self, image: Any, text: Any, labels: Any = None) -> AutoTransform:
         from gapfix.transforms import make_transform
 
+        self.validate_params()
         if self.objective not in OBJECTIVES:
             raise InputError(
                 f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}",

@@ -97,6 +97,8 @@ class GapTransform:
     requires_pairs: ClassVar[bool] = False
     needs_outer: ClassVar[bool] = False
     fitted_arrays: ClassVar[tuple[str, ...]] = ()
+    # closed ranges of numeric constructor parameters, checked before any fitting
+    param_bounds: ClassVar[tuple[tuple[str, float, float], ...]] = ()
 
     def __init__(self, renormalize: bool = True) -> None:
         self.renormalize = renormalize
@@ -111,6 +113,21 @@ class GapTransform:
         """Constructor parameters and their values (JSON-safe)."""
         return {name: getattr(self, name) for name in self.param_names()}
 
+    def validate_params(self) -> None:
+        """Refuse a parameter outside its range (NaN and inf included) with an InputError."""
+        for name, lo, hi in self.param_bounds:
+            value = getattr(self, name)
+            try:
+                ok = lo <= float(value) <= hi  # False for NaN
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise InputError(
+                    f"parameter {name!r} of {self.method!r} must be in [{lo:g}, {hi:g}], "
+                    f"got {value!r}",
+                    param=name,
+                )
+
     @property
     def paired(self) -> bool:
         """Whether fitting needs row-i pairs (image row i <-> text row i)."""
@@ -123,6 +140,7 @@ class GapTransform:
     # ------------------------------------------------------------------ fitting
     def fit(self, image: Any, text: Any, labels: Any = None) -> GapTransform:
         """Fit on calibration embeddings (rows paired when both have the same count)."""
+        self.validate_params()
         image = check_embeddings(image, "image", min_rows=2)
         text = check_embeddings(text, "text", min_rows=2)
         check_same_dim(image, text)
@@ -138,6 +156,7 @@ class GapTransform:
 
         Streams of pairs must pass matching image and text blocks together.
         """
+        self.validate_params()
         blocks = {}
         for name, x in (("image", image), ("text", text)):
             if x is not None:

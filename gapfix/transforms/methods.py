@@ -26,6 +26,7 @@ class MeanShift(GapTransform):
     """
 
     method = "mean-shift"
+    param_bounds = (("lam", -10.0, 10.0),)
     fitted_arrays = ("gap_vector_",)
 
     def __init__(self, lam: float = 1.0, renormalize: bool = True) -> None:
@@ -60,6 +61,7 @@ class TargetGap(MeanShift):
     """
 
     method = "target-gap"
+    param_bounds = (("gap", 0.0, 1.999), ("tol", 1e-12, 1.0))
     fitted_arrays = ("gap_vector_", "lam_")
 
     def __init__(self, gap: float = 0.1, tol: float = 1e-4, renormalize: bool = True) -> None:
@@ -68,8 +70,6 @@ class TargetGap(MeanShift):
         self.tol = tol
 
     def _fit_moments(self, image: Moments, text: Moments) -> None:
-        if not (0.0 <= float(self.gap) < 2.0):
-            raise InputError(f"target gap must be in [0, 2), got {self.gap}", param="gap")
         g = (image.mean - text.mean).astype(np.float64)
         xs, ys = (s.astype(np.float64) for s in self.calibration_sample())
         f = lambda lam: _gap_after_shift(xs, ys, g, lam) - float(self.gap)  # noqa: E731
@@ -156,6 +156,7 @@ class Standardize(GapTransform):
     """Per-modality, per-dimension z-score, then renormalise."""
 
     method = "standardize"
+    param_bounds = (("eps", 1e-12, 1.0),)
     fitted_arrays = ("mean_image_", "mean_text_", "std_image_", "std_text_")
 
     def __init__(self, eps: float = 1e-6, renormalize: bool = True) -> None:
@@ -184,6 +185,7 @@ class Whiten(GapTransform):
     """
 
     method = "whiten"
+    param_bounds = (("shrinkage", 0.0, 1.0), ("eps", 1e-12, 1.0))
     needs_outer = True
     fitted_arrays = ("mean_image_", "mean_text_", "whitener_image_", "whitener_text_")
 
@@ -193,8 +195,6 @@ class Whiten(GapTransform):
         self.eps = eps
 
     def _fit_moments(self, image: Moments, text: Moments) -> None:
-        if not 0.0 <= float(self.shrinkage) <= 1.0:
-            raise InputError(f"shrinkage must be in [0, 1], got {self.shrinkage}", "shrinkage")
         self.mean_image_ = image.mean.astype(np.float32)
         self.mean_text_ = text.mean.astype(np.float32)
         self.whitener_image_ = self._whitener(image.cov)
@@ -243,6 +243,7 @@ class AblateDims(GapTransform):
     """
 
     method = "ablate-dims"
+    param_bounds = (("k", 1, 1_000_000),)
     fitted_arrays = ("dims_", "gap_vector_")
 
     def __init__(self, k: int = 10, renormalize: bool = True) -> None:
