@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gapfix.encoders.errors import ModelLoadError
-from gapfix.encoders.images import DEFAULT_MAX_PIXELS, decode_image
+from gapfix.encoders.images import DEFAULT_MAX_PIXELS, decode_image, to_rgb
 from gapfix.errors import InputError, PayloadTooLargeError
 from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
 
@@ -116,8 +116,8 @@ class ClipEncoder:
     def preprocess_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Decode (bytes) and preprocess with the model's transforms -> (n, C, H, W) on CPU.
 
-        Bytes go through `decode_image` (format check, pixel limit, EXIF, RGB); PIL images are
-        converted to RGB. Raises `InputError` / `PayloadTooLargeError` naming ``images[i]``.
+        Bytes go through `decode_image` (format check, pixel limit, EXIF, RGB); PIL images get
+        the same RGB conversion (`to_rgb`). Raises `InputError` / `PayloadTooLargeError` naming ``images[i]``.
         """
         if isinstance(images, bytes | bytearray | memoryview | Image.Image | str):
             raise InputError("images must be a list of images, not a single value", "images")
@@ -126,7 +126,7 @@ class ClipEncoder:
             for i, item in enumerate(images):
                 param = f"images[{i}]"
                 if isinstance(item, Image.Image):
-                    img = item if item.mode == "RGB" else item.convert("RGB")
+                    img = to_rgb(item)
                 elif isinstance(item, bytes | bytearray | memoryview):
                     img = decode_image(item, self.max_pixels, param=param)
                 else:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from gapfix.errors import InputError, PayloadTooLargeError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 DEFAULT_MAX_PIXELS = 40_000_000
+_INT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N")  # 16-bit PNG greyscale opens as these
 
 
 def check_pixels(width: int, height: int, max_pixels: int, param: str | None = None) -> None:
@@ -49,7 +51,7 @@ def decode_image(
     try:
         check_pixels(src.width, src.height, max_pixels, param)
         src.load()  # first frame only for animated GIF/WebP
-        return _to_rgb(ImageOps.exif_transpose(src))
+        return to_rgb(ImageOps.exif_transpose(src))
     except InputError:
         raise
     except Image.DecompressionBombError as e:
@@ -62,8 +64,11 @@ def decode_image(
         src.close()
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert to RGB; transparent pixels are composited over white rather than dropped."""
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert to RGB; transparent pixels are composited over white rather than dropped, and
+    16-bit greyscale is scaled to 8 bits rather than clipped."""
+    if img.mode in _INT_MODES:
+        img = _to_8bit(img)
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
@@ -72,3 +77,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
     return img.convert("RGB")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit greyscale -> L (LA with its transparent value, if any), scaled to 0..255: Pillow's
+    own conversion clips every value above 255 to white."""
+    values = np.asarray(img)
+    grey = Image.fromarray((np.clip(values, 0, 65535) // 257).astype(np.uint8))
+    key = img.info.get("transparency")
+    if isinstance(key, int):
+        alpha = Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8))
+        grey = Image.merge("LA", (grey, alpha))
+    return grey

@@ -1,0 +1,63 @@
+"""Regression tests from an audit of the encoder layer and ``gapfix serve`` (tiny random model)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gapfix.encoders import decode_image, load_encoder
+from gapfix.encoders.testing import register_tiny_model
+
+TINY = register_tiny_model()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def enc(_one_thread):
+    return load_encoder(TINY, "none", max_batch_size=8)
+
+
+def png(img: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **save)
+    return buf.getvalue()
+
+
+# ---- images --------------------------------------------------------------------------------
+
+
+def test_16bit_greyscale_is_scaled_not_clipped():
+    """Pillow's own I;16 -> RGB conversion clips every value over 255 to white."""
+    ramp = np.array([[0, 1000, 32768, 65535]], np.uint16)
+    out = decode_image(png(Image.fromarray(ramp)))
+    assert out.mode == "RGB"
+    assert [out.getpixel((x, 0)) for x in range(4)] == [
+        (0, 0, 0),
+        (3, 3, 3),
+        (127, 127, 127),
+        (255, 255, 255),
+    ]
+    # a transparent grey value (tRNS) is composited over white, the others are kept
+    keyed = decode_image(png(Image.fromarray(ramp), transparency=1000))
+    assert keyed.getpixel((1, 0)) == (255, 255, 255) and keyed.getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_pil_images_converted_like_decoded_bytes(enc):
+    """A PIL image given directly is converted exactly as the same image sent as bytes."""
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    grey16 = Image.fromarray(np.full((8, 8), 20000, np.uint16))
+    for img in (rgba, grey16):
+        np.testing.assert_allclose(
+            enc.encode_images([img]), enc.encode_images([png(img)]), atol=1e-6
+        )
