@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gapfix.encoders import decode_image, load_encoder
+from gapfix.encoders import MicroBatcher, decode_image, load_encoder
 from gapfix.encoders.testing import register_tiny_model
 
 TINY = register_tiny_model()
@@ -61,3 +62,24 @@ def test_pil_images_converted_like_decoded_bytes(enc):
         np.testing.assert_allclose(
             enc.encode_images([img]), enc.encode_images([png(img)]), atol=1e-6
         )
+
+
+# ---- encoder and batcher -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_pixels_of_any_float_dtype(enc, dtype):
+    """check_pixels accepts any floating tensor; the model used to fail on non-float32."""
+    pixels = torch.randn(3, 3, 32, 32)
+    expected = enc.encode_images(pixels.to(dtype).float())
+    np.testing.assert_allclose(enc.encode_images(pixels.to(dtype)), expected, atol=1e-5)
+
+    async def main():
+        async with MicroBatcher(enc, max_wait_ms=50) as batcher:
+            return await asyncio.gather(
+                batcher.encode_images(pixels[:1]), batcher.encode_images(pixels[1:].to(dtype))
+            )
+
+    a, b = asyncio.run(main())
+    np.testing.assert_allclose(a, enc.encode_images(pixels[:1]), atol=1e-5)
+    np.testing.assert_allclose(b, expected[1:], atol=1e-5)

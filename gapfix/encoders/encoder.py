@@ -155,9 +155,12 @@ class ClipEncoder:
         return self._forward(self.model.encode_text, tokens, "text")
 
     def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Image tower on preprocessed pixels (n, C, H, W) -> (n, dim) float32 features."""
+        """Image tower on preprocessed pixels (n, C, H, W) -> (n, dim) float32 features.
+
+        Pixels of another float dtype are cast to float32 (the weights' dtype).
+        """
         self.check_pixels(pixels)
-        return self._forward(self.model.encode_image, pixels, "image")
+        return self._forward(self.model.encode_image, pixels.float(), "image")
 
     def check_pixels(self, pixels: torch.Tensor) -> None:
         """Raise `InputError` unless ``pixels`` is a float tensor of shape (n, *pixel_shape)."""
