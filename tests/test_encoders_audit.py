@@ -83,3 +83,26 @@ def test_pixels_of_any_float_dtype(enc, dtype):
     a, b = asyncio.run(main())
     np.testing.assert_allclose(a, enc.encode_images(pixels[:1]), atol=1e-5)
     np.testing.assert_allclose(b, expected[1:], atol=1e-5)
+
+
+def test_batcher_max_batch_size_bounds_every_model_call(enc, monkeypatch):
+    """A request larger than the batcher's max_batch_size (below the encoder's) is split."""
+    sizes: list[int] = []
+    forward = enc.forward_texts
+
+    def spy(tokens: torch.Tensor) -> torch.Tensor:
+        sizes.append(int(tokens.shape[0]))
+        return forward(tokens)
+
+    monkeypatch.setattr(enc, "forward_texts", spy)
+    texts = [f"text {i}" for i in range(20)]
+    requests = [texts[:1], texts[1:8], texts[8:10], texts[10:]]
+
+    async def main():
+        async with MicroBatcher(enc, max_batch_size=3, max_wait_ms=20) as batcher:
+            return await asyncio.gather(*(batcher.encode_texts(r) for r in requests))
+
+    results = asyncio.run(main())
+    monkeypatch.undo()
+    assert max(sizes) <= 3 and sum(sizes) == len(texts)
+    np.testing.assert_allclose(np.vstack(results), enc.encode_texts(texts), atol=1e-5)

@@ -211,7 +211,11 @@ class MicroBatcher:
             merged = payloads[0]
         else:  # on GPU, copy each request over and concatenate there
             merged = torch.cat([p.to(device, non_blocking=True) for p in payloads])
-        return self.encoder.postprocess(forward(merged))
+        size = self.max_batch_size
+        if merged.shape[0] <= size:
+            return self.encoder.postprocess(forward(merged))
+        # one request over max_batch_size: the encoder's own chunks may be larger
+        return self.encoder.postprocess(torch.cat([forward(c) for c in merged.split(size)]))
 
 
 class _InFlight:
