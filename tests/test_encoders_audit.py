@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gapfix.encoders import MicroBatcher, decode_image, load_encoder
+from gapfix.encoders import MicroBatcher, ModelLoadError, decode_image, load_encoder
 from gapfix.encoders.testing import register_tiny_model
 
 TINY = register_tiny_model()
@@ -106,3 +106,29 @@ def test_batcher_max_batch_size_bounds_every_model_call(enc, monkeypatch):
     monkeypatch.undo()
     assert max(sizes) <= 3 and sum(sizes) == len(texts)
     np.testing.assert_allclose(np.vstack(results), enc.encode_texts(texts), atol=1e-5)
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["empty-dict", "zero-bytes"])
+def test_empty_checkpoint_error_says_what_is_wrong(tmp_path, content):
+    path = tmp_path / "ckpt.pt"
+    if content == "empty-dict":
+        torch.save({}, path)
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(ModelLoadError) as e:
+        load_encoder(TINY, str(path))
+    assert not e.value.message.rstrip().endswith(": .")  # the cause used to be blank
+    assert "StopIteration" in e.value.message or "EOFError" in e.value.message
+
+
+def test_long_load_error_is_cut(tmp_path):
+    """A checkpoint of another model lists every key; the message stays readable."""
+    enc = load_encoder(TINY, "none")
+    path = tmp_path / "nested.pt"
+    torch.save({"model": enc.model.state_dict()}, path)  # not a layout open_clip accepts
+    with pytest.raises(ModelLoadError, match="Missing key") as e:
+        load_encoder(TINY, str(path))
+    assert len(e.value.message) < 1500 and "more characters" in e.value.message

@@ -45,6 +45,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 PROBE_TIMEOUT_S = 3.0
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MAX_CAUSE_CHARS = 1000
 
 
 def offline_hint(model: str) -> str:
@@ -143,12 +144,24 @@ def load_encoder(
         raise
     except Exception as e:
         raise ModelLoadError(
-            f"cannot load model {model!r} with pretrained={pretrained!r}: {e}. "
+            f"cannot load model {model!r} with pretrained={pretrained!r}: {_cause(e)}. "
             + (offline_hint(model) if src.kind in ("tag", "hub") else ""),
             param="pretrained" if src.kind in ("file", "tag", "hub") else "model",
         ) from e
     logger.info("loaded encoder %s on %s (%s), dim %d", src.model_id, dev, prec, encoder.dim)
     return encoder
+
+
+def _cause(exc: Exception) -> str:
+    """An exception as one line of bounded length: named by its type when it has no message
+    (an empty or 0-byte checkpoint), long ones (every key of another model's checkpoint) cut."""
+    text = " ".join(str(exc).split())
+    if not text:
+        hint = " (the checkpoint holds no weights)" if isinstance(exc, StopIteration) else ""
+        return type(exc).__name__ + hint
+    if len(text) > MAX_CAUSE_CHARS:
+        text = f"{text[:MAX_CAUSE_CHARS]} ... ({len(text) - MAX_CAUSE_CHARS} more characters)"
+    return text
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
