@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from gapfix.cli import app
 from gapfix.encoders import MicroBatcher, ModelLoadError, decode_image, load_encoder
 from gapfix.encoders.testing import register_tiny_model
 
 TINY = register_tiny_model()
+SERVE_VARS = ["GAPFIX_MODEL", "GAPFIX_PRETRAINED", "GAPFIX_DATA_DIR", "GAPFIX_HOST", "GAPFIX_PORT"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -132,3 +137,49 @@ def test_long_load_error_is_cut(tmp_path):
     with pytest.raises(ModelLoadError, match="Missing key") as e:
         load_encoder(TINY, str(path))
     assert len(e.value.message) < 1500 and "more characters" in e.value.message
+
+
+# ---- gapfix serve pre-check ----------------------------------------------------------------
+
+
+@pytest.fixture()
+def serve_env(monkeypatch):
+    """Clean GAPFIX_* variables; uvicorn.run replaced by a recorder (nothing is served)."""
+    import uvicorn
+
+    for key in [k for k in os.environ if k.upper().startswith("GAPFIX_")] + SERVE_VARS:
+        monkeypatch.setenv(key, "")  # restored at teardown: serve writes os.environ itself
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started: list[dict] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append(kw))
+    return started
+
+
+def _serve(*args: str):
+    return CliRunner().invoke(app, ["serve", *args])
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [({"GAPFIX_DEVICE": "cuda:7"}, "device"), ({"GAPFIX_PRECISION": "fp8"}, "precision")],
+)
+def test_serve_checks_device_and_precision(serve_env, monkeypatch, env, needle):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    result = _serve("--model", TINY, "--pretrained", "none")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gapfix: error:") and needle in lines[0]
+    assert not serve_env
+
+
+def test_serve_precheck_reads_settings_like_the_service(serve_env, monkeypatch):
+    """An empty GAPFIX_MODEL is vectors mode and an empty GAPFIX_PRETRAINED random weights for
+    the service; the pre-check used to check the default model and tag instead."""
+    monkeypatch.setenv("GAPFIX_MODEL", "")
+    assert _serve().exit_code == 0 and len(serve_env) == 1
+    assert _serve("--model", TINY, "--pretrained", "").exit_code == 0 and len(serve_env) == 2
+    bad = _serve("--model", TINY, "--pretrained", "no-such-tag")
+    assert bad.exit_code == 2 and "no-such-tag" in bad.stderr and len(serve_env) == 2

@@ -23,18 +23,35 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _check_weights() -> None:
-    """Fail fast when the configured model's weights are neither local nor reachable."""
+def _setting(name: str, default: str) -> str:
+    """A ``GAPFIX_*`` variable read as the service's settings read it: name case-insensitive,
+    value stripped, ``default`` only when unset (an empty value stays empty)."""
+    value = os.environ.get(name)
+    if value is None:
+        value = next((v for k, v in os.environ.items() if k.upper() == name), default)
+    return value.strip()
+
+
+def _check_model() -> None:
+    """Fail fast when the configured model's weights are neither local nor reachable, or its
+    device or precision is invalid."""
     import inspect
 
-    from gapfix.encoders.loading import load_encoder, resolve_weights
+    from gapfix.encoders.loading import (
+        load_encoder,
+        resolve_device,
+        resolve_precision,
+        resolve_weights,
+    )
 
     defaults = inspect.signature(load_encoder).parameters
-    model = os.environ.get("GAPFIX_MODEL") or defaults["model"].default
-    if model.strip().lower() == "none":
+    model = _setting("GAPFIX_MODEL", defaults["model"].default)
+    if model.lower() in ("none", ""):  # vectors mode, as in service.settings
         return
-    pretrained = os.environ.get("GAPFIX_PRETRAINED") or defaults["pretrained"].default
-    resolve_weights(model, pretrained, cache_dir=os.environ.get("GAPFIX_MODEL_CACHE") or None)
+    device = resolve_device(_setting("GAPFIX_DEVICE", defaults["device"].default))
+    resolve_precision(_setting("GAPFIX_PRECISION", defaults["precision"].default), device)
+    pretrained = _setting("GAPFIX_PRETRAINED", defaults["pretrained"].default)
+    resolve_weights(model, pretrained, cache_dir=_setting("GAPFIX_MODEL_CACHE", "") or None)
 
 
 @app.command()
@@ -80,7 +97,7 @@ def serve(
     for key, value in overrides.items():
         if value is not None:
             os.environ[key] = value
-    _check_weights()  # a one-line error (exit 2) instead of a failed start-up with a traceback
+    _check_model()  # a one-line error (exit 2) instead of a failed start-up with a traceback
     logging.basicConfig(
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
