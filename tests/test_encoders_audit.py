@@ -6,6 +6,7 @@ import asyncio
 import io
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -183,3 +184,15 @@ def test_serve_precheck_reads_settings_like_the_service(serve_env, monkeypatch):
     assert _serve("--model", TINY, "--pretrained", "").exit_code == 0 and len(serve_env) == 2
     bad = _serve("--model", TINY, "--pretrained", "no-such-tag")
     assert bad.exit_code == 2 and "no-such-tag" in bad.stderr and len(serve_env) == 2
+
+
+def test_huge_text_is_cut_before_tokenizing(enc):
+    """Megabytes of text took seconds per MB to tokenize, for tokens the context drops."""
+    rng = np.random.default_rng(0)
+    words = ["".join(w) for w in rng.choice(list("abcdefghijklmnopqrstuvwxyz"), (400_000, 7))]
+    text = "   \n " * 1000 + " ".join(words)  # ~3 MB, after a run of whitespace
+    t0 = time.perf_counter()
+    tokens = enc.tokenize([text])
+    assert time.perf_counter() - t0 < 3  # ~16 s before
+    assert torch.equal(tokens, enc.tokenizer([" ".join(words[:2000])]))
+    assert enc.encode_texts(["a b " * 5000]).shape == (1, 32)

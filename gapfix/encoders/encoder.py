@@ -31,6 +31,9 @@ _PRE = STAGE_LATENCY.labels("encode_pre")
 _CORE = STAGE_LATENCY.labels("encode_core")
 _POST = STAGE_LATENCY.labels("encode_post")
 _AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# Texts are cut at this many characters per context token before tokenizing (a CLIP token
+# spans at most 32): the tokenizer truncates anyway, but only after tokenizing all of it.
+CHARS_PER_TOKEN = 256
 
 
 @contextlib.contextmanager
@@ -105,13 +108,15 @@ class ClipEncoder:
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Tokenize with the model's own tokenizer -> LongTensor (n, context_length) on CPU.
 
-        Texts longer than the context are truncated by the tokenizer.
+        Texts longer than the context are truncated by the tokenizer; very long ones (over
+        ``CHARS_PER_TOKEN`` characters per context token) are first cut, whitespace collapsed.
         """
         texts = _check_texts(texts)
         with _timed(_PRE):
             if not texts:
                 return torch.zeros((0, self.context_length or 1), dtype=torch.long)
-            return self.tokenizer(texts)
+            limit = (self.context_length or 77) * CHARS_PER_TOKEN
+            return self.tokenizer([_cut(t, limit) for t in texts])
 
     def preprocess_images(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Decode (bytes) and preprocess with the model's transforms -> (n, C, H, W) on CPU.
@@ -213,6 +218,12 @@ class ClipEncoder:
         -> (n, dim) float32, L2-normalised."""
         pixels = images if isinstance(images, torch.Tensor) else self.preprocess_images(images)
         return self.postprocess(self.forward_images(pixels))
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` unchanged up to ``limit`` characters, else whitespace-collapsed and cut there
+    (tokenizing megabytes takes seconds per text, all for tokens the context drops)."""
+    return text if len(text) <= limit else " ".join(text.split())[:limit]
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
