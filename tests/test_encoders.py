@@ -383,6 +383,12 @@ def test_decode_rejects_bad_input(data):
     assert e.value.param == "image"
 
 
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF"])
+def test_decode_names_a_recognised_but_unsupported_format(fmt):
+    with pytest.raises(InputError, match=f"unsupported image format {fmt}; accepted: JPEG"):
+        decode_image(image_bytes(fmt))
+
+
 @pytest.mark.parametrize("side", [50_000, 7_000])
 def test_decode_bomb_rejected_before_decoding(side):
     """50000^2 trips Pillow's own guard; 7000^2 = 49 M is under it but over our 40 M limit."""

@@ -24,6 +24,15 @@ def check_pixels(width: int, height: int, max_pixels: int, param: str | None = N
         )
 
 
+def _other_format(data: bytes | bytearray | memoryview) -> str | None:
+    """The format Pillow recognises in a header it may not decode here (BMP, TIFF, ...)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # header only; pixels are never decoded
+            return im.format
+    except Exception:
+        return None
+
+
 def decode_image(
     data: bytes | bytearray | memoryview,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -45,9 +54,13 @@ def decode_image(
     except Image.DecompressionBombError as e:
         raise PayloadTooLargeError(f"image rejected as a decompression bomb: {e}", param) from e
     except Exception as e:  # any parser failure on untrusted bytes is the caller's input
-        raise InputError(
-            f"cannot decode image: not a valid {'/'.join(SUPPORTED_FORMATS)} file", param
-        ) from e
+        accepted = "/".join(SUPPORTED_FORMATS)
+        other = _other_format(data)
+        if other:
+            raise InputError(
+                f"unsupported image format {other}; accepted: {accepted}", param
+            ) from e
+        raise InputError(f"cannot decode image: not a valid {accepted} file", param) from e
     try:
         check_pixels(src.width, src.height, max_pixels, param)
         src.load()  # first frame only for animated GIF/WebP
