@@ -383,6 +383,17 @@ def test_decode_rejects_bad_input(data):
     assert e.value.param == "image"
 
 
+def test_preloaded_encoder_is_handed_over_once(tmp_path) -> None:
+    from gapfix.encoders.loading import preload_encoder
+
+    first = preload_encoder(TINY, "none", device="cpu", precision="auto")
+    other = load_encoder(TINY, "none", device="cpu", cache_dir=tmp_path, max_batch_size=3)
+    assert other is not first  # another cache (or weights, device, precision): another encoder
+    same = load_encoder(TINY, "random", precision="auto", max_batch_size=5, max_pixels=1000)
+    assert same is first and same.max_batch_size == 5 and same.max_pixels == 1000
+    assert load_encoder(TINY, "none") is not first  # handed over once
+
+
 @pytest.mark.parametrize("fmt", ["BMP", "TIFF"])
 def test_decode_names_a_recognised_but_unsupported_format(fmt):
     with pytest.raises(InputError, match=f"unsupported image format {fmt}; accepted: JPEG"):

@@ -40,7 +40,14 @@ def unit(x: np.ndarray) -> np.ndarray:
 class Server:
     """``gapfix serve --model none`` on 127.0.0.1 with its log in a file."""
 
-    def __init__(self, data_dir: Path, log: Path, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        log: Path,
+        extra_env: dict[str, str] | None = None,
+        model_args: tuple[str, ...] = ("--model", "none"),
+        log_level: str = "warning",
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("GAPFIX_")}
@@ -48,8 +55,8 @@ class Server:
         self.log = log
         with log.open("a") as out:
             self.proc = subprocess.Popen(
-                [GAPFIX, "serve", "--model", "none", "--data-dir", str(data_dir),
-                 "--port", str(self.port), "--log-level", "warning"],
+                [GAPFIX, "serve", *model_args, "--data-dir", str(data_dir),
+                 "--port", str(self.port), "--log-level", log_level],
                 env=env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.client = httpx.Client(base_url=self.url, timeout=30.0, headers=AUTH)
@@ -234,3 +241,50 @@ def test_unfetchable_model_fails_fast_with_instructions(tmp_path: Path) -> None:
     assert err.startswith("gapfix: error: cannot fetch weights") and "\n" not in err
     assert "--pretrained /path/to" in err
     assert elapsed < 60  # no download attempt, no hang, no torch import before the check
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    from gapfix.encoders import load_encoder
+    from gapfix.encoders.testing import register_tiny_model
+
+    enc = load_encoder(register_tiny_model(), "none")
+    save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()}, str(path))
+    return path
+
+
+def test_broken_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    good = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(good.read_bytes()[:5000])  # truncated: the weights cannot be read
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAPFIX_")}
+    proc = subprocess.run(
+        [GAPFIX, "serve", "--model", "gapfix-tiny", "--pretrained", str(broken),
+         "--data-dir", str(tmp_path / "data"), "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 2  # not uvicorn's start-up failure (3) with a traceback
+    err = proc.stderr.strip()
+    assert err.startswith("gapfix: error: cannot load model 'gapfix-tiny'") and "\n" not in err
+    assert not (tmp_path / "data").exists()  # nothing started, nothing written
+
+
+def test_model_mode_loads_the_model_once(tmp_path: Path) -> None:
+    ckpt = _tiny_checkpoint(tmp_path / "tiny.safetensors")
+    log = tmp_path / "serve.log"
+    server = Server(
+        tmp_path / "data", log, model_args=("--model", "gapfix-tiny", "--pretrained", str(ckpt)),
+        log_level="info",
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        r = server.client.post("/v1/embed", json={"texts": ["a dog on a beach"]})
+        assert r.status_code == 200 and len(r.json()["texts"][0]) == 32
+        text = log.read_text()
+        assert "using the encoder preloaded for gapfix-tiny" in text
+        # the pre-start load logs before logging is configured; a second load would show here
+        assert "loaded encoder" not in text
+        assert server.stop() == 0
+    finally:
+        server.kill()

@@ -32,26 +32,30 @@ def _setting(name: str, default: str) -> str:
     return value.strip()
 
 
-def _check_model() -> None:
-    """Fail fast when the configured model's weights are neither local nor reachable, or its
-    device or precision is invalid."""
+def _preload_model() -> None:
+    """Load the configured model before uvicorn starts, so that weights that are neither local
+    nor reachable, a broken checkpoint, or a bad device or precision is a one-line error
+    (exit 2); the service's start-up then takes this encoder instead of loading it again."""
     import inspect
 
-    from gapfix.encoders.loading import (
-        load_encoder,
-        resolve_device,
-        resolve_precision,
-        resolve_weights,
-    )
+    from gapfix.encoders.loading import load_encoder, preload_encoder
 
     defaults = inspect.signature(load_encoder).parameters
     model = _setting("GAPFIX_MODEL", defaults["model"].default)
     if model.lower() in ("none", ""):  # vectors mode, as in service.settings
         return
-    device = resolve_device(_setting("GAPFIX_DEVICE", defaults["device"].default))
-    resolve_precision(_setting("GAPFIX_PRECISION", defaults["precision"].default), device)
-    pretrained = _setting("GAPFIX_PRETRAINED", defaults["pretrained"].default)
-    resolve_weights(model, pretrained, cache_dir=_setting("GAPFIX_MODEL_CACHE", "") or None)
+    threads = _setting("GAPFIX_TORCH_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:  # as the service would set it before loading
+        import torch
+
+        torch.set_num_threads(int(threads))
+    preload_encoder(
+        model,
+        _setting("GAPFIX_PRETRAINED", defaults["pretrained"].default),
+        device=_setting("GAPFIX_DEVICE", defaults["device"].default),
+        precision=_setting("GAPFIX_PRECISION", defaults["precision"].default),
+        cache_dir=_setting("GAPFIX_MODEL_CACHE", "") or None,
+    )
 
 
 @app.command()
@@ -97,10 +101,11 @@ def serve(
     for key, value in overrides.items():
         if value is not None:
             os.environ[key] = value
-    _check_model()  # a one-line error (exit 2) instead of a failed start-up with a traceback
-    logging.basicConfig(
+    _preload_model()  # a one-line error (exit 2) instead of a failed start-up with a traceback
+    logging.basicConfig(  # force: open_clip's root-level logging during the load set a default
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal to the handler it
     # found: make that a clean exit (status 0), as Docker and Kubernetes expect on stop.

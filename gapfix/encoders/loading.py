@@ -85,6 +85,38 @@ class WeightSource:
     preprocess: dict = field(default_factory=dict)
 
 
+_HANDOFF: dict[tuple[str, ...], ClipEncoder] = {}
+_HANDOFF_LOCK = threading.Lock()
+
+
+def _handoff_key(
+    model: str, pretrained: str | None, dev: torch.device, prec: str, cache: str | None
+) -> tuple[str, ...]:
+    weights = (
+        "none" if pretrained is None or pretrained.strip().lower() in RANDOM_INIT else pretrained
+    )
+    return (model, weights, str(dev), prec, str(Path(cache)) if cache else "")
+
+
+def preload_encoder(
+    model: str,
+    pretrained: str | None,
+    device: str = "auto",
+    precision: str = "auto",
+    cache_dir: str | os.PathLike | None = None,
+) -> ClipEncoder:
+    """Load an encoder now and hand it to the next `load_encoder` call for the same model,
+    weights, device, precision and cache (once). ``gapfix serve`` uses it so that a broken
+    checkpoint is a one-line error before the server starts, and the model still loads once."""
+    encoder = load_encoder(model, pretrained, device, precision, cache_dir=cache_dir)
+    dev = resolve_device(device)
+    key = _handoff_key(model, pretrained, dev, resolve_precision(precision, dev),
+                       str(cache_dir) if cache_dir is not None else None)  # fmt: skip
+    with _HANDOFF_LOCK:
+        _HANDOFF[key] = encoder
+    return encoder
+
+
 def load_encoder(
     model: str = "ViT-B-32",
     pretrained: str | None = "laion2b_s34b_b79k",
@@ -111,6 +143,12 @@ def load_encoder(
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     cache = str(cache_dir) if cache_dir is not None else None
+    with _HANDOFF_LOCK:
+        ready = _HANDOFF.pop(_handoff_key(model, pretrained, dev, prec, cache), None)
+    if ready is not None:  # loaded by preload_encoder (gapfix serve); runtime limits are ours
+        ready.max_batch_size, ready.max_pixels = max_batch_size, int(max_pixels)
+        logger.info("using the encoder preloaded for %s", ready.model_id)
+        return ready
     src = resolve_weights(model, pretrained, cache_dir=cache)
     if src.kind == "random":
         logger.warning(
