@@ -30,6 +30,22 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    """A checkpoint file of the tiny random-init CLIP (written, then loaded back by tests)."""
+    from gapfix.jobs import testing as T
+
+    return T.write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def encoder(ckpt):
+    """The tiny CLIP loaded from ``ckpt`` through the real open_clip loading path."""
+    from gapfix.encoders import load_encoder
+
+    return load_encoder("gapfix-tiny", ckpt)
+
+
 def make_gapped(n: int, d: int = 64, gap: float = 0.8, seed: int = 0, noise: float = 0.5):
     """Synthetic paired embeddings in two offset cones (a controllable modality gap)."""
     rng = np.random.default_rng(seed)

@@ -14,7 +14,6 @@ import pytest
 
 from gapfix.errors import ArtifactError, InputError
 from gapfix.jobs import (
-    EmbedOptions,
     build_index,
     iter_embedding_blocks,
     iter_paired_blocks,
@@ -29,31 +28,6 @@ from gapfix.jobs.shards import read_shard
 from gapfix.jobs.sources import FolderSource, TableSource, WebDatasetSource, open_source
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return T.write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def encoder(ckpt):
-    from gapfix.encoders import load_encoder
-
-    return load_encoder("gapfix-tiny", ckpt)
-
-
-def _opts(ckpt, **kw):
-    base = dict(
-        model="gapfix-tiny",
-        pretrained=ckpt,
-        batch_size=4,
-        shard_size=5,
-        workers=1,
-        progress="off",
-    )
-    base.update(kw)
-    return EmbedOptions(**base)
 
 
 def _quiet(_msg: str) -> None:
@@ -72,14 +46,16 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def folder_run(data, ckpt, encoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "folder"
-    summary = run_embed(data["root"] / "imgs", out, _opts(ckpt), encoder=encoder, log=_quiet)
+    summary = run_embed(
+        data["root"] / "imgs", out, T.tiny_options(ckpt), encoder=encoder, log=_quiet
+    )
     return out, summary
 
 
 @pytest.fixture(scope="module")
 def table_run(data, ckpt, encoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "table"
-    summary = run_embed(data["table"], out, _opts(ckpt), encoder=encoder, log=_quiet)
+    summary = run_embed(data["table"], out, T.tiny_options(ckpt), encoder=encoder, log=_quiet)
     return out, summary
 
 
@@ -246,7 +222,11 @@ def test_embed_with_thumbnails(data, ckpt, encoder, tmp_path, folder_run):
 
     out = tmp_path / "thumbs"
     run_embed(
-        data["root"] / "imgs", out, _opts(ckpt, thumbnail_size=16), encoder=encoder, log=_quiet
+        data["root"] / "imgs",
+        out,
+        T.tiny_options(ckpt, thumbnail_size=16),
+        encoder=encoder,
+        log=_quiet,
     )
     shard = read_shard(out / "shards" / "part-00000.parquet")
     assert all(t is not None and t[:2] == b"\xff\xd8" for t in shard.thumbnails)
@@ -262,11 +242,15 @@ def test_embed_with_thumbnails(data, ckpt, encoder, tmp_path, folder_run):
     with Store(tmp_path / "data") as store:
         assert store.get("t").get_thumbnail(shard.ids[0]) == shard.thumbnails[0]
     with pytest.raises(InputError, match="thumbnails"):
-        run_embed(data["root"] / "imgs", out, _opts(ckpt, thumbnail_size=5000), encoder=encoder)
+        run_embed(
+            data["root"] / "imgs", out, T.tiny_options(ckpt, thumbnail_size=5000), encoder=encoder
+        )
 
 
 def test_embed_webdataset(data, ckpt, encoder, tmp_path):
-    s = run_embed(data["root"] / "wds", tmp_path / "o", _opts(ckpt), encoder=encoder, log=_quiet)
+    s = run_embed(
+        data["root"] / "wds", tmp_path / "o", T.tiny_options(ckpt), encoder=encoder, log=_quiet
+    )
     assert s["shards_written"] == 2 and s["rows"] == {"image": 9, "text": 9}
     ids, mods, _, meta = _all_rows(tmp_path / "o")
     assert ids[:2] == ["s00/0000", "s00/0000"] and mods[:2] == ["image", "text"]
@@ -279,7 +263,7 @@ def test_rerun_skips_finished_and_redoes_broken_shards(folder_run, data, ckpt, e
     src, _ = folder_run
     out = tmp_path / "copy"
     shutil.copytree(src, out)
-    again = run_embed(data["root"] / "imgs", out, _opts(ckpt), encoder=encoder, log=_quiet)
+    again = run_embed(data["root"] / "imgs", out, T.tiny_options(ckpt), encoder=encoder, log=_quiet)
     assert again["shards_written"] == 0 and again["shards_skipped"] == 4
     before = _all_rows(src)
     (out / "shards" / "part-00001.parquet").unlink()  # lost
@@ -287,7 +271,9 @@ def test_rerun_skips_finished_and_redoes_broken_shards(folder_run, data, ckpt, e
     p2.write_bytes(p2.read_bytes()[:100])  # torn
     (out / "shards" / "part-00003.parquet.tmp-999").write_bytes(b"junk")  # a killed writer
     logs = []
-    again = run_embed(data["root"] / "imgs", out, _opts(ckpt), encoder=encoder, log=logs.append)
+    again = run_embed(
+        data["root"] / "imgs", out, T.tiny_options(ckpt), encoder=encoder, log=logs.append
+    )
     assert again["shards_written"] == 2 and again["shards_skipped"] == 2
     assert any("part-00001" in x and "missing" in x for x in logs)
     assert any("part-00002" in x and "unreadable" in x for x in logs)
@@ -304,14 +290,16 @@ def test_rerun_with_other_input_or_model_is_refused(folder_run, data, ckpt, enco
     out = tmp_path / "copy"
     shutil.copytree(src, out)
     with pytest.raises(InputError, match="different job"):
-        run_embed(data["table"], out, _opts(ckpt), encoder=encoder, log=_quiet)
+        run_embed(data["table"], out, T.tiny_options(ckpt), encoder=encoder, log=_quiet)
     with pytest.raises(InputError, match="different job"):
-        run_embed(data["root"] / "imgs", out, _opts(ckpt, shard_size=3), encoder=encoder)
+        run_embed(data["root"] / "imgs", out, T.tiny_options(ckpt, shard_size=3), encoder=encoder)
 
 
 def test_embed_rejects_bad_options(data, ckpt, encoder, tmp_path):
     with pytest.raises(InputError, match="batch-size"):
-        run_embed(data["table"], tmp_path / "o", _opts(ckpt, batch_size=0), encoder=encoder)
+        run_embed(
+            data["table"], tmp_path / "o", T.tiny_options(ckpt, batch_size=0), encoder=encoder
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -319,7 +307,7 @@ def test_embed_in_process_without_workers(data, ckpt, encoder, tmp_path, table_r
     s = run_embed(
         data["table"],
         tmp_path / "o",
-        _opts(ckpt, workers=0, batch_size=3),
+        T.tiny_options(ckpt, workers=0, batch_size=3),
         encoder=encoder,
         log=_quiet,
     )
@@ -573,7 +561,7 @@ def test_embed_on_gpu_matches_cpu(data, ckpt, table_run, tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    opts = _opts(ckpt, device="cuda", precision="fp32")
+    opts = T.tiny_options(ckpt, device="cuda", precision="fp32")
     s = run_embed(data["table"], tmp_path / "gpu", opts, log=_quiet)  # pinned-memory loader
     assert s["complete"] and s["failures"] == 4
     a, b = _all_rows(tmp_path / "gpu"), _all_rows(table_run[0])

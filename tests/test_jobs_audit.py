@@ -10,31 +10,11 @@ import pytest
 
 from gapfix import make_transform
 from gapfix.errors import InputError
-from gapfix.jobs import EmbedOptions, build_index, iter_embedding_blocks, run_correct, run_embed
+from gapfix.jobs import build_index, iter_embedding_blocks, run_correct, run_embed
 from gapfix.jobs import testing as T
 from gapfix.jobs.sources import FolderSource, TableSource, WebDatasetSource, open_source
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return T.write_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
-def encoder(ckpt):
-    from gapfix.encoders import load_encoder
-
-    return load_encoder("gapfix-tiny", ckpt)
-
-
-def _opts(ckpt, **kw):
-    base = dict(
-        model="gapfix-tiny", pretrained=ckpt, batch_size=4, shard_size=5, workers=0, progress="off"
-    )
-    base.update(kw)
-    return EmbedOptions(**base)
 
 
 def _quiet(_msg: str) -> None:
@@ -45,7 +25,9 @@ def _quiet(_msg: str) -> None:
 def pairs_run(ckpt, encoder, tmp_path_factory):
     root = tmp_path_factory.mktemp("pairs")
     table, _ = T.make_table(root, n=6, fmt="csv", bad=False)
-    summary = run_embed(table, root / "emb", _opts(ckpt), encoder=encoder, log=_quiet)
+    summary = run_embed(
+        table, root / "emb", T.tiny_options(ckpt, workers=0), encoder=encoder, log=_quiet
+    )
     assert summary["complete"]
     return root / "emb"
 
@@ -68,7 +50,7 @@ def test_existing_paths_with_glob_or_brace_characters_are_not_patterns(tmp_path)
 def test_non_finite_metadata_is_stored_as_json_null(ckpt, encoder, tmp_path):
     (tmp_path / "t.csv").write_text("id,caption,score\na,x,1.5\nb,y,inf\nc,z,-inf\n")
     out = tmp_path / "emb"
-    run_embed(tmp_path / "t.csv", out, _opts(ckpt), encoder=encoder, log=_quiet)
+    run_embed(tmp_path / "t.csv", out, T.tiny_options(ckpt, workers=0), encoder=encoder, log=_quiet)
     meta = [json.loads(m) for m in T.read_rows(out).metadata]  # strict JSON: no Infinity
     assert [m["score"] for m in meta] == [1.5, None, None]
     s = build_index(out, tmp_path / "data", "c", progress_mode="off", log=_quiet)
@@ -122,7 +104,9 @@ def test_names_that_are_not_utf8_become_escaped_ids(ckpt, encoder, tmp_path):
         fh.write(T.image_bytes(3))
     with open(os.fsencode(folder) + b"/c\xff.png", "wb") as fh:
         fh.write(b"not an image")
-    s = run_embed(folder, tmp_path / "f", _opts(ckpt), encoder=encoder, log=_quiet)
+    s = run_embed(
+        folder, tmp_path / "f", T.tiny_options(ckpt, workers=0), encoder=encoder, log=_quiet
+    )
     assert s["complete"] and s["rows"]["image"] == 3 and s["failures"] == 1
     assert "b\\xffd.png" in T.read_rows(tmp_path / "f").ids
     tar = tmp_path / "w.tar"
@@ -131,7 +115,7 @@ def test_names_that_are_not_utf8_become_escaped_ids(ckpt, encoder, tmp_path):
             info = tarfile.TarInfo(name)
             info.size = len(blob)
             tf.addfile(info, io.BytesIO(blob))
-    s = run_embed(tar, tmp_path / "w", _opts(ckpt), encoder=encoder, log=_quiet)
+    s = run_embed(tar, tmp_path / "w", T.tiny_options(ckpt, workers=0), encoder=encoder, log=_quiet)
     assert s["complete"] and s["rows"] == {"image": 1, "text": 1}
     assert T.read_rows(tmp_path / "w").ids == ["b\\xffd", "b\\xffd"]
 

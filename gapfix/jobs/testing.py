@@ -190,3 +190,15 @@ def read_rows(out: str | Path) -> Any:
         captions=[c for p in parts for c in p.captions],
         thumbnails=[t for p in parts for t in p.thumbnails],
     )
+
+
+def tiny_options(ckpt: str, **overrides: Any) -> Any:
+    """`EmbedOptions` for the tiny model: small batches and shards, one worker, no progress."""
+    from gapfix.jobs import EmbedOptions
+
+    base: dict[str, Any] = dict(
+        model="gapfix-tiny", pretrained=ckpt, batch_size=4, shard_size=5, workers=1,
+        progress="off",
+    )  # fmt: skip
+    base.update(overrides)
+    return EmbedOptions(**base)
