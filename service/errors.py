@@ -129,6 +129,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if not errors:
         return error_response(422, "invalid request")
     first = errors[0]
+    if first.get("type") == "json_invalid":  # say where and why, not just "JSON decode error"
+        loc = first.get("loc", ())
+        where = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        reason = (first.get("ctx") or {}).get("error") or "JSON decode error"
+        return error_response(422, f"request body is not valid JSON{where}: {reason}", "body")
     param = _loc_param(first.get("loc", ()))
     msg = str(first.get("msg", "invalid value"))
     message = f"{param}: {msg}" if param else msg

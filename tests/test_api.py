@@ -253,7 +253,8 @@ def test_item_errors_leave_nothing_written(client: TestClient) -> None:
         content=b"{not json",
         headers={"content-type": "application/json"},
     )
-    assert_error(r, 422, "validation_error")
+    err = assert_error(r, 422, "validation_error", param="body")
+    assert err["message"].startswith("request body is not valid JSON at character 1:")
     assert client.get("/v1/collections/c").json()["count"] == 0
 
 

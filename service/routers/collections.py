@@ -8,9 +8,10 @@ from starlette.concurrency import run_in_threadpool
 from gapfix.errors import InputError
 from service.deps import CollectionDep, StateDep, StoreDep, require_read, require_write
 from service.errors import responses
+from service.routing import JSONRoute
 from service.schemas import CollectionCreate, CollectionInfo, CollectionList, Deleted
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(route_class=JSONRoute, prefix="/v1/collections", tags=["collections"])
 
 
 @router.post(

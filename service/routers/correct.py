@@ -8,9 +8,12 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import StoreDep, require_read
 from service.errors import responses
+from service.routing import JSONRoute
 from service.schemas import CorrectRequest, CorrectResponse
 
-router = APIRouter(prefix="/v1", tags=["correct"], dependencies=[Depends(require_read)])
+router = APIRouter(
+    route_class=JSONRoute, prefix="/v1", tags=["correct"], dependencies=[Depends(require_read)]
+)
 
 
 @router.post(

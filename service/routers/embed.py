@@ -16,9 +16,12 @@ from service.deps import StateDep, require_read
 from service.encoding import check_counts, decode_images, encode, require_model
 from service.errors import ApiError, responses
 from service.media import load_images
+from service.routing import JSONRoute
 from service.schemas import EmbedRequest, EmbedResponse
 
-router = APIRouter(prefix="/v1", tags=["embed"], dependencies=[Depends(require_read)])
+router = APIRouter(
+    route_class=JSONRoute, prefix="/v1", tags=["embed"], dependencies=[Depends(require_read)]
+)
 
 _MULTIPART_SCHEMA = {
     "type": "object",

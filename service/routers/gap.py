@@ -11,10 +11,14 @@ from gapfix.stats import pca_2d
 from gapfix.store import Collection
 from service.deps import CollectionDep, require_read
 from service.errors import responses
+from service.routing import JSONRoute
 from service.schemas import GapResponse
 
 router = APIRouter(
-    prefix="/v1/collections/{collection}", tags=["gap"], dependencies=[Depends(require_read)]
+    route_class=JSONRoute,
+    prefix="/v1/collections/{collection}",
+    tags=["gap"],
+    dependencies=[Depends(require_read)],
 )
 
 

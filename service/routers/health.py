@@ -9,9 +9,10 @@ from starlette.concurrency import run_in_threadpool
 from gapfix import __version__
 from service.deps import StateDep
 from service.errors import error_response, responses
+from service.routing import JSONRoute
 from service.schemas import Health, Info, Ready
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=JSONRoute, tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")

@@ -13,9 +13,12 @@ from gapfix.store import ItemIn
 from service.deps import CollectionDep, StateDep, require_read, require_write
 from service.encoding import check_counts, decode_images, encode, require_model
 from service.errors import ApiError, responses
+from service.routing import JSONRoute
 from service.schemas import Deleted, ItemInput, ItemList, ItemOut, ItemsAdd, ItemsAdded
 
-router = APIRouter(prefix="/v1/collections/{collection}/items", tags=["items"])
+router = APIRouter(
+    route_class=JSONRoute, prefix="/v1/collections/{collection}/items", tags=["items"]
+)
 
 
 async def build_items(state, items: list[ItemInput]) -> list[ItemIn]:

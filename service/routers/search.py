@@ -14,10 +14,14 @@ from gapfix.store import Collection
 from service.deps import CollectionDep, StateDep, require_read
 from service.encoding import check_counts, decode_images, encode, require_model
 from service.errors import responses
+from service.routing import JSONRoute
 from service.schemas import Query, SearchRequest, SearchResponse
 
 router = APIRouter(
-    prefix="/v1/collections/{collection}", tags=["search"], dependencies=[Depends(require_read)]
+    route_class=JSONRoute,
+    prefix="/v1/collections/{collection}",
+    tags=["search"],
+    dependencies=[Depends(require_read)],
 )
 
 

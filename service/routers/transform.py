@@ -9,9 +9,12 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import CollectionDep, StateDep, require_read, require_write
 from service.errors import ApiError, responses
+from service.routing import JSONRoute
 from service.schemas import TransformInfo, TransformRequest
 
-router = APIRouter(prefix="/v1/collections/{collection}/transform", tags=["transform"])
+router = APIRouter(
+    route_class=JSONRoute, prefix="/v1/collections/{collection}/transform", tags=["transform"]
+)
 
 
 @router.post(
