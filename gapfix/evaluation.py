@@ -50,8 +50,10 @@ def mixed_modality_ranks(image: np.ndarray, text: np.ndarray) -> np.ndarray:
     for sl in iter_blocks(n, QUERY_BLOCK):
         q = text[sl]
         rows = np.arange(q.shape[0])
-        own = np.einsum("ij,ij->i", q, image[sl])
         s_img = q @ image.T
+        # the target's score from the same product it is compared with: a separately
+        # computed dot product differs in the last bits and could outrank its own image
+        own = s_img[rows, rows + sl.start].copy()
         s_txt = q @ text.T
         s_txt[rows, rows + sl.start] = -np.inf  # the query itself is not in the corpus
         ranks[sl] = (s_img > own[:, None]).sum(axis=1) + (s_txt > own[:, None]).sum(axis=1)
