@@ -20,12 +20,17 @@ def check_modality(modality: str, param: str = "modality") -> str:
 
 
 def check_embeddings(
-    x: Any, name: str = "embeddings", min_rows: int = 1, dim: int | None = None
+    x: Any,
+    name: str = "embeddings",
+    min_rows: int = 1,
+    dim: int | None = None,
+    convert: bool = True,
 ) -> np.ndarray:
     """Validate a 2-D float array of embeddings and return it as float32 (no copy if possible).
 
     Rejects 1-D/3-D input, fewer than ``min_rows`` rows, NaN/inf, all-zero rows, and a
-    dimension other than ``dim`` (when given). Memory-mapped input is checked in blocks.
+    dimension other than ``dim`` (when given). Memory-mapped input is checked in blocks;
+    ``convert=False`` returns it in its own dtype (no full float32 copy) for blocked callers.
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         try:
@@ -58,7 +63,7 @@ def check_embeddings(
         if zero.any():
             row = start + int(np.argmax(zero))
             raise InputError(f"{name}: row {row} is a zero vector", param=name)
-    if x.dtype != np.float32:
+    if convert and x.dtype != np.float32:
         x = x.astype(np.float32)
     return x
 

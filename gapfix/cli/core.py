@@ -252,7 +252,7 @@ def apply(
         raise InputError(f"--output must be a .npy file, got {output}", "--output")
     t = load_transform(transform)
     z = load_array(input, mmap=True, param="--input")
-    z = check_embeddings(z, "--input", min_rows=1, dim=None)
+    z = check_embeddings(z, "--input", min_rows=1, convert=False)  # stays memory-mapped
     if z.shape[1] != t.dim_:
         raise InputError(
             f"--input has dimension {z.shape[1]} but the transform was fitted on dimension {t.dim_}",
