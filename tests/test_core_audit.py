@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from gapfix import load_transform, make_transform
 from gapfix.cli import app
+from gapfix.errors import ArtifactError
 from gapfix.evaluation import mixed_modality
 
 
@@ -52,3 +55,47 @@ def test_apply_streams_float16_npy_without_a_full_float32_copy(tmp_path: Path) -
     got = np.load(out, mmap_mode="r")
     want = t.transform(np.load(tmp_path / "in.npy", mmap_mode="r")[-5000:], "text")
     np.testing.assert_array_equal(got[-5000:], want)
+
+
+def _rewrite_artifact(src: Path, dst: Path, meta_edit=None, array_edit=None) -> Path:
+    """Copy a safetensors artifact, editing its gapfix metadata and/or its arrays."""
+    from safetensors.numpy import load_file, save
+
+    from gapfix.transforms.artifact import META_KEY, read_metadata
+
+    meta, arrays = read_metadata(src), load_file(str(src))
+    meta = meta if meta_edit is None else meta_edit(meta)
+    arrays = arrays if array_edit is None else array_edit(arrays)
+    dst.write_bytes(save(arrays, metadata={META_KEY: json.dumps(meta)}))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("meta_edit", "array_edit", "match"),
+    [
+        (None, lambda a: {"gap_vector_": a["gap_vector_"][:3]}, "shape"),
+        (None, lambda a: {"gap_vector_": np.full_like(a["gap_vector_"], np.nan)}, "NaN"),
+        (lambda m: {k: v for k, v in m.items() if k != "dim"}, None, "dim"),
+        (lambda m: {**m, "params": [1]}, None, "metadata"),
+        (lambda m: [m], None, "metadata"),
+    ],
+)
+def test_tampered_artifact_is_refused(tmp_path: Path, meta_edit, array_edit, match) -> None:
+    # a short per-dimension array was applied (the fused kernel read past its end), NaN
+    # arrays gave NaN output, and damaged metadata raised KeyError/TypeError (CLI exit 1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((50, 16)).astype(np.float32)
+    art = tmp_path / "m.gapfix"
+    make_transform("mean-shift").fit(x, x + 1).save(art)
+    bad = _rewrite_artifact(art, tmp_path / "bad.gapfix", meta_edit, array_edit)
+    with pytest.raises(ArtifactError, match=match):
+        load_transform(bad)
+    out = tmp_path / "out.npy"
+    np.save(tmp_path / "in.npy", x)
+    r = CliRunner().invoke(
+        app,
+        ["apply", "--transform", str(bad), "--modality", "text",
+         "--input", str(tmp_path / "in.npy"), "--output", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 2 and not out.exists()
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -91,6 +91,8 @@ def load_transform(path: str | os.PathLike[str]) -> Any:
     from gapfix.transforms import TRANSFORMS, make_transform
 
     meta = read_metadata(path)
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{path}: corrupt gapfix metadata (not an object)", "transform")
     version = str(meta.get("format_version", "?"))
     if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise ArtifactError(
@@ -105,11 +107,21 @@ def load_transform(path: str | os.PathLike[str]) -> Any:
         arrays = load_file(str(path))
     except Exception as exc:
         raise ArtifactError(f"{path}: unreadable arrays ({exc})", param="transform") from None
-    dim = int(meta["dim"])
-    params = dict(meta.get("params") or {})
-    fit_stats = dict(meta.get("fit_stats") or {})
-    if method == "auto":
-        chosen = meta["chosen"]
+    try:
+        dim = int(meta["dim"])
+        params = dict(meta.get("params") or {})
+        fit_stats = dict(meta.get("fit_stats") or {})
+        chosen = meta["chosen"] if method == "auto" else None
+        if chosen is not None:
+            chosen = {"method": str(chosen["method"]), "params": dict(chosen["params"])}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"{path}: corrupt gapfix metadata ({type(exc).__name__}: {exc})", "transform"
+        ) from None
+    if dim < 1:
+        raise ArtifactError(f"{path}: corrupt gapfix metadata (dim {dim})", "transform")
+    _check_arrays(arrays, dim, path)
+    if chosen is not None:
         transform = make_transform("auto", **params)
         inner = make_transform(
             chosen["method"], renormalize=params.get("renormalize", True), **chosen["params"]
@@ -128,6 +140,38 @@ def load_transform(path: str | os.PathLike[str]) -> Any:
         raise ArtifactError(f"{path}: missing arrays {missing}", param="transform")
     transform.model_id = meta.get("model_id")
     return transform
+
+
+MATRIX_ARRAYS = ("whitener_image_", "whitener_text_", "rotation_")
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], dim: int, path: Any) -> None:
+    """Refuse arrays whose shape does not fit ``dim`` or that hold NaN/inf (a damaged file).
+
+    The fused kernels index the per-dimension arrays without bounds checks.
+    """
+    for name, a in arrays.items():
+        if name == "lam_":
+            ok = a.shape == (1,)
+        elif name == "dims_":
+            ok = (
+                a.ndim == 1
+                and a.size >= 1
+                and np.issubdtype(a.dtype, np.integer)
+                and bool(np.all((a >= 0) & (a < dim)))
+            )
+        elif name in MATRIX_ARRAYS:
+            ok = a.shape == (dim, dim)
+        else:
+            ok = a.shape == (dim,)
+        if not ok:
+            raise ArtifactError(
+                f"{path}: array {name!r} has shape {a.shape} (dtype {a.dtype}), "
+                f"which does not fit dim {dim}",
+                param="transform",
+            )
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise ArtifactError(f"{path}: array {name!r} holds NaN or inf", param="transform")
 
 
 def transform_arrays(transform: Any) -> list[str]:
