@@ -99,3 +99,17 @@ def test_tampered_artifact_is_refused(tmp_path: Path, meta_edit, array_edit, mat
     )  # fmt: skip
     assert r.exit_code == 2 and not out.exists()
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_fit_query_text_mean_false_needs_no_query_text(tmp_path: Path) -> None:
+    # the CLI read the raw string 'false' as truthy and demanded --query-text
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((20, 8)).astype(np.float32))
+    for value in ("false", "0"):
+        r = CliRunner().invoke(
+            app,
+            ["fit", "--image", str(tmp_path / "x.npy"), "--text", str(tmp_path / "x.npy"),
+             "--method", "centering", "--param", f"query_text_mean={value}",
+             "--out", str(tmp_path / "c.gapfix")],
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output

@@ -160,7 +160,7 @@ def fit(
             raise InputError("--objective applies to --method auto only", "--objective")
         params["objective"] = objective
     transform = make_transform(method, **params)
-    if (query_text is not None) != bool(params.get("query_text_mean")):
+    if (query_text is not None) != bool(getattr(transform, "query_text_mean", False)):
         raise InputError(
             "--query-text goes with --method centering --param query_text_mean=true",
             "--query-text",
