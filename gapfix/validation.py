@@ -54,7 +54,8 @@ def check_embeddings(
             f"{name}: dimension {d} does not match the expected dimension {dim}", param=name
         )
     for start in range(0, n, CHECK_BLOCK_ROWS):
-        block = np.asarray(x[start : start + CHECK_BLOCK_ROWS], dtype=np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+            block = np.asarray(x[start : start + CHECK_BLOCK_ROWS], dtype=np.float32)
         finite = np.isfinite(block)
         if not finite.all():
             row = start + int(np.argwhere(~finite)[0, 0])

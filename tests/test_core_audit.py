@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -113,3 +115,16 @@ def test_fit_query_text_mean_false_needs_no_query_text(tmp_path: Path) -> None:
              "--out", str(tmp_path / "c.gapfix")],
         )  # fmt: skip
         assert r.exit_code == 0, r.output
+
+
+def test_float64_beyond_float32_range_is_a_one_line_error(tmp_path: Path) -> None:
+    # the float32 cast printed a numpy RuntimeWarning (two more stderr lines) before the error
+    x = np.full((5, 4), 1e300)
+    np.save(tmp_path / "x.npy", x)
+    r = subprocess.run(
+        [Path(sys.executable).parent / "gapfix", "stats", "--image", str(tmp_path / "x.npy"),
+         "--text", str(tmp_path / "x.npy")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["gapfix: error: --image: row 0 contains NaN or inf"]
