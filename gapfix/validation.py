@@ -32,6 +32,8 @@ def check_embeddings(
     dimension other than ``dim`` (when given). Memory-mapped input is checked in blocks;
     ``convert=False`` returns it in its own dtype (no full float32 copy) for blocked callers.
     """
+    if type(x).__module__.startswith("torch"):  # a tensor on any device: fit reads numpy
+        x = x.detach().cpu().float().numpy()
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         try:
             x = np.asarray(x, dtype=np.float32)

@@ -128,3 +128,17 @@ def test_float64_beyond_float32_range_is_a_one_line_error(tmp_path: Path) -> Non
     )  # fmt: skip
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["gapfix: error: --image: row 0 contains NaN or inf"]
+
+
+def test_fit_and_partial_fit_accept_torch_tensors() -> None:
+    # check_embeddings passed a tensor's torch dtype to numpy: TypeError "Cannot interpret
+    # 'torch.float32' as a data type" from fit / partial_fit / gap statistics
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 8)).astype(np.float32)
+    y = x + 0.5
+    want = make_transform("procrustes").fit(x, y).transform(x, "image")
+    t = make_transform("procrustes").fit(torch.from_numpy(x), torch.from_numpy(y).double())
+    np.testing.assert_array_equal(t.transform(x, "image"), want)
+    s = make_transform("procrustes").partial_fit(torch.from_numpy(x), torch.from_numpy(y))
+    np.testing.assert_array_equal(s.transform(x, "image"), want)
