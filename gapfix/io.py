@@ -78,13 +78,12 @@ def _load_parquet_column(path: Path, column: str | None, param: str) -> np.ndarr
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    def is_list(t: pa.DataType) -> bool:
+        return pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)
+
     schema = pq.read_schema(path)
     if column is None:
-        candidates = [
-            f.name
-            for f in schema
-            if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)
-        ]
+        candidates = [f.name for f in schema if is_list(f.type)]
         if len(candidates) != 1:
             raise InputError(
                 f"{param}: name the embedding column as {path}:COLUMN (list columns: {candidates})",
@@ -94,11 +93,7 @@ def _load_parquet_column(path: Path, column: str | None, param: str) -> np.ndarr
     if column not in schema.names:
         raise InputError(f"{param}: {path} has no column {column!r}", param=param)
     col = pq.read_table(path, columns=[column]).column(column).combine_chunks()
-    if not (
-        pa.types.is_list(col.type)
-        or pa.types.is_fixed_size_list(col.type)
-        or pa.types.is_large_list(col.type)
-    ):
+    if not is_list(col.type):
         raise InputError(
             f"{param}: column {column!r} is not a list of floats ({col.type})", param=param
         )

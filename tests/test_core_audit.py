@@ -142,3 +142,16 @@ def test_fit_and_partial_fit_accept_torch_tensors() -> None:
     np.testing.assert_array_equal(t.transform(x, "image"), want)
     s = make_transform("procrustes").partial_fit(torch.from_numpy(x), torch.from_numpy(y))
     np.testing.assert_array_equal(s.transform(x, "image"), want)
+
+
+def test_parquet_large_list_column_is_found_without_a_name(tmp_path: Path) -> None:
+    # a large_list column loaded when named but was not a candidate when the only one
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gapfix.io import load_array
+
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    emb = pa.array(list(x), type=pa.large_list(pa.float32()))
+    pq.write_table(pa.table({"id": pa.array(range(5)), "emb": emb}), tmp_path / "e.parquet")
+    np.testing.assert_array_equal(load_array(str(tmp_path / "e.parquet")), x)
