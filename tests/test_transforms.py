@@ -192,6 +192,7 @@ def test_torch_in_torch_out(gapped, method: str, dtype: torch.dtype) -> None:
         ("ablate-dims", {"k": 0}),
         ("auto", {"folds": 1}),
         ("auto", {"tolerance": -0.5}),
+        ("auto", {"seed": -1}),
     ],
 )
 def test_out_of_range_params_are_refused_before_fitting(gapped, method: str, params) -> None:

@@ -47,7 +47,12 @@ class AutoTransform(GapTransform):
     """
 
     method = "auto"
-    param_bounds = (("folds", 2, 100), ("repeats", 1, 100), ("tolerance", 0.0, 1.0))
+    param_bounds = (
+        ("folds", 2, 100),
+        ("repeats", 1, 100),
+        ("tolerance", 0.0, 1.0),
+        ("seed", 0, 2**32 - 1),
+    )
 
     def __init__(
         self,
