@@ -10,8 +10,6 @@ into its deterministic row order.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +37,7 @@ from gapfix.jobs.manifest import (
     write_manifest,
 )
 from gapfix.jobs.shards import ShardData, shard_row_counts, write_shard
+from gapfix.locks import release, try_lock
 
 SHARDS_DIR = "shards"
 LOCK_NAME = ".lock"
@@ -120,20 +119,17 @@ class ShardJob:
             raise
 
     def _lock(self) -> None:
-        fd = os.open(self.out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+        fd = try_lock(self.out / LOCK_NAME)
+        if fd is None:
             raise InputError(
                 f"--out {self.out} is in use by another gapfix job; wait for it to finish",
                 param="out",
-            ) from None
+            )
         self._lock_fd = fd
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)  # releases the flock
+            release(self._lock_fd)
             self._lock_fd = None
 
     def _open(self) -> list[int]:

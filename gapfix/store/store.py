@@ -12,8 +12,6 @@ visible. A background thread flushes changed index files every ``flush_interval`
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import os
 import re
@@ -25,6 +23,7 @@ from typing import Any
 
 from gapfix.atomic import fsync_dir
 from gapfix.errors import GapfixError, InputError
+from gapfix.locks import release, try_lock
 from gapfix.store.collection import Collection
 from gapfix.store.errors import ConflictError, NotFoundError
 from gapfix.store.index import INDEX_KINDS, IndexParams, gpu_available
@@ -60,14 +59,10 @@ class Store:
         self.use_gpu = gpu_available() if use_gpu is None else bool(use_gpu)
         self._root = self.data_dir / "collections"
         self._root.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock_fd)
-            raise GapfixError(
-                f"data directory {self.data_dir} is in use by another gapfix store"
-            ) from None
+        lock_fd = try_lock(self.data_dir / ".lock")
+        if lock_fd is None:
+            raise GapfixError(f"data directory {self.data_dir} is in use by another gapfix store")
+        self._lock_fd = lock_fd
         self._lock = threading.Lock()
         self._collections: dict[str, Collection] = {}
         self._closed = False
@@ -207,7 +202,4 @@ class Store:
                 c.close()
             except Exception:
                 log.exception("closing collection %s failed", c.name)
-        with contextlib.suppress(OSError):
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        with contextlib.suppress(OSError):
-            os.close(self._lock_fd)
+        release(self._lock_fd)
