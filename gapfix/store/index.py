@@ -11,7 +11,12 @@ Kinds (all inner product on unit vectors, i.e. cosine):
   Scores are PQ approximations.
 
 Modality filters are id ranges (see ``items``) passed as ``SearchParameters(sel=...)``, which
-the three CPU kinds honour inside the search. GPU FAISS (``faiss.get_num_gpus() > 0``) is used
+the three CPU kinds honour inside the search. An approximate index would still walk the graph
+(HNSW) or probe the lists (IVF) nearest the query, which the modality gap fills with the other
+modality, and return few or no hits; so a filter on HNSW is searched exactly over the matching
+vectors when they are few (``FILTER_EXACT_MAX_ROWS``) and with ``efSearch`` scaled by the
+filter's selectivity otherwise, and a filter on trained IVF probes the nearest ``nprobe`` lists
+that hold matching vectors. GPU FAISS (``faiss.get_num_gpus() > 0``) is used
 for ``flat`` and trained ``ivfpq``: the CPU index stays the source of truth (writes, files) and
 a GPU mirror is refreshed lazily on the first search after a write; GPU search is serialised
 (GPU indexes are not thread-safe) and filters by over-fetching, since selectors are CPU-only.
@@ -52,6 +57,8 @@ INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 FILE_FORMAT = 1
 BUILD_CHUNK = 16_384
 GPU_MAX_K = 2048
+FILTER_EXACT_MAX_ROWS = 16_384  # HNSW: a filter matching at most this many is searched exactly
+FILTER_EF_MAX = 4096  # HNSW: efSearch ceiling for a selective filter over more vectors
 MAX_TRAIN_ROWS = 262_144
 
 
@@ -181,6 +188,7 @@ class VectorIndex:
         self._gpu_index: Any = None
         self._gpu_stale = True
         self._gpu_search_lock = threading.Lock()
+        self._filter_cache: dict[tuple[int, ...], Any] = {}  # per modality set, until a write
         self.index: Any = self._empty()
 
     # ------------------------------------------------------------------ construction
@@ -275,17 +283,23 @@ class VectorIndex:
         x = np.ascontiguousarray(vectors, np.float32)
         ids = np.ascontiguousarray(fids, np.int64)
         self.index.add_with_ids(x, ids)
-        self._gpu_stale = True
+        self._changed()
         if self.kind == "ivfpq" and not self.trained and self.ntotal >= self.params.train_size:
             allx, allids = self.reconstruct_all()
             self.index = self._train_ivfpq(allx, allids)
+            self._changed()
+
+    def _changed(self) -> None:
+        """After any write: the GPU mirror and the per-filter caches are out of date."""
+        self._gpu_stale = True
+        self._filter_cache = {}
 
     def restore(self, vectors: np.ndarray, fids: np.ndarray) -> None:
         """Undo ``remove`` of these ids (HNSW: drop the tombstones; others: add them back)."""
         if self.kind == "hnsw":
             self.deleted.difference_update(int(f) for f in fids)
             self._deleted_sel = None
-            self._gpu_stale = True
+            self._changed()
         else:
             self.add(vectors, fids)
 
@@ -294,7 +308,7 @@ class VectorIndex:
         fids = np.asarray(fids, np.int64)
         if len(fids) == 0:
             return 0
-        self._gpu_stale = True
+        self._changed()
         if self.kind == "hnsw":
             present = np.intersect1d(fids, self.all_ids())
             before = len(self.deleted)
@@ -375,17 +389,95 @@ class VectorIndex:
         nq = q.shape[0]
         if self.ntotal == 0:
             return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
+        if modalities and set(modalities) >= set(MODALITY_CODE):
+            modalities = None  # every modality: no filter
         if self.use_gpu and self.kind != "hnsw" and k <= GPU_MAX_K:
             with self._gpu_search_lock:
                 gpu = self._gpu_mirror()
                 if gpu is not None:
-                    return self._search_filtered(gpu, q, k, modalities, GPU_MAX_K)
+                    found = self._search_filtered(gpu, q, k, modalities, GPU_MAX_K)
+            # the over-fetch cap can leave a selective filter short: search the CPU index then
+            if gpu is not None and (self.ntotal <= GPU_MAX_K or (found[1] >= 0).all()):
+                return found
         if not self.use_selectors:
             return self._search_filtered(self.index, q, k, modalities, None)
         keep: list[Any] = []
         sel = self._selector(modalities, keep)
         params = self._params(k, sel)
+        if modalities and self.kind == "hnsw":
+            matching = self._hnsw_matching(modalities)
+            if isinstance(matching, tuple):
+                return _exact_top_k(q, k, *matching)
+            params.efSearch = min(
+                max(params.efSearch, FILTER_EF_MAX),
+                math.ceil(params.efSearch * self.live / max(matching, 1)),
+            )
+        elif modalities and self.trained:
+            return self._ivf_search_filtered(q, k, modalities, params)
         return self.index.search(q, k, params=params)
+
+    def _codes(self, modalities: Sequence[str]) -> tuple[int, ...]:
+        return tuple(sorted({MODALITY_CODE[m] for m in modalities}))
+
+    def _hnsw_matching(self, modalities: Sequence[str]) -> Any:
+        """Live vectors of these modalities: ``(vectors, ids)`` when few enough to search
+        exactly, else their count. Cached until the next write."""
+        key = self._codes(modalities)
+        cached = self._filter_cache.get(key)
+        if cached is None:
+            ids = self.all_ids()  # storage order
+            ok = np.isin(fid_code(ids), key)
+            if self.deleted:
+                ok &= ~np.isin(ids, np.fromiter(self.deleted, np.int64, len(self.deleted)))
+            rows = np.flatnonzero(ok)
+            cached = len(rows)
+            if len(rows) <= FILTER_EXACT_MAX_ROWS:
+                storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
+                xb = faiss.rev_swig_ptr(storage.get_xb(), self.ntotal * self.dim)
+                xb = xb.reshape(self.ntotal, self.dim)
+                cached = (np.ascontiguousarray(xb[rows]), ids[rows])
+            self._filter_cache[key] = cached
+        return cached
+
+    def _ivf_search_filtered(
+        self, q: np.ndarray, k: int, modalities: Sequence[str], params: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """IVF search that probes the ``nprobe`` nearest lists holding matching vectors."""
+        key = self._codes(modalities)
+        counts = self._filter_cache.get(key)
+        if counts is None:  # matching vectors per list
+            inv = self.index.invlists
+            counts = np.zeros(self.index.nlist, np.int64)
+            for lst in range(self.index.nlist):
+                size = inv.list_size(lst)
+                if size:
+                    ids = faiss.rev_swig_ptr(inv.get_ids(lst), size)
+                    counts[lst] = np.count_nonzero(np.isin(fid_code(ids), key))
+            self._filter_cache[key] = counts
+        dist, lists = self.index.quantizer.search(q, self.index.nlist)
+        # per query: the nearest lists holding matches, at least nprobe of them and enough
+        # to hold k matching vectors
+        picks = []
+        for r in range(q.shape[0]):
+            held = np.flatnonzero(counts[lists[r]] > 0)
+            enough = np.searchsorted(np.cumsum(counts[lists[r, held]]), k) + 1
+            picks.append(held[: max(params.nprobe, enough)])
+        width = max(len(p) for p in picks)
+        assign = np.full((q.shape[0], width), -1, np.int64)
+        coarse = np.zeros((q.shape[0], width), np.float32)
+        for r, pick in enumerate(picks):
+            assign[r, : len(pick)] = lists[r, pick]
+            coarse[r, : len(pick)] = dist[r, pick]
+        params.nprobe = width
+        nq = q.shape[0]
+        out_d = np.empty((nq, k), np.float32)
+        out_i = np.empty((nq, k), np.int64)
+        # the Python wrapper refuses params (the selector); call the C++ method directly
+        self.index.search_preassigned_c(
+            nq, faiss.swig_ptr(q), k, faiss.swig_ptr(assign), faiss.swig_ptr(coarse),
+            faiss.swig_ptr(out_d), faiss.swig_ptr(out_i), False, params,
+        )  # fmt: skip
+        return out_d, out_i
 
     def _gpu_mirror(self) -> Any:
         if self._gpu_stale or self._gpu_index is None:
@@ -448,6 +540,31 @@ class VectorIndex:
             "trained": self.trained if self.kind == "ivfpq" else None,
             "gpu": self.use_gpu,
         }
+
+
+def _exact_top_k(
+    q: np.ndarray, k: int, vectors: np.ndarray, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of ``q`` against ``vectors`` (padded with -inf / -1)."""
+    nq = q.shape[0]
+    dist = np.full((nq, k), -np.inf, np.float32)
+    out = np.full((nq, k), -1, np.int64)
+    n = len(ids)
+    if n == 0:
+        return dist, out
+    scores = q @ vectors.T
+    kk = min(k, n)
+    top = (
+        np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        if kk < n
+        else np.tile(np.arange(n), (nq, 1))
+    )
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.argsort(-top_scores, axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    dist[:, :kk] = np.take_along_axis(top_scores, order, axis=1)
+    out[:, :kk] = ids[top]
+    return dist, out
 
 
 def write_index_file(index: VectorIndex, directory: Path, space: str, meta: dict[str, Any]) -> Path:
