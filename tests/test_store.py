@@ -427,3 +427,32 @@ def test_index_build_failure_keeps_the_old_transform(store: Store, pairs, monkey
     assert c.active_transform.method == "centering" and c.transform_info()["fingerprint"] == fp
     files = os.listdir(c.path / "transforms")
     assert files == [f"{fp}.safetensors"]  # the failed artifact is cleaned up
+
+
+def test_deleting_a_busy_collection_leaves_the_others_reachable(store: Store) -> None:
+    import threading
+
+    busy, other = store.create_collection("busy"), store.create_collection("other")
+    closing, release = threading.Event(), threading.Event()
+    close = busy.close
+
+    def slow_close(*args, **kwargs):  # a background fit still finishing
+        closing.set()
+        release.wait(30)
+        close(*args, **kwargs)
+
+    busy.close = slow_close
+    deleter = threading.Thread(target=store.delete_collection, args=("busy",))
+    deleter.start()
+    try:
+        assert closing.wait(30)
+        assert store.get("other") is other  # not stuck behind the store lock
+        with pytest.raises(NotFoundError):
+            store.get("busy")
+        with pytest.raises(ConflictError, match="still being deleted"):
+            store.create_collection("busy")
+    finally:
+        release.set()
+        deleter.join(30)
+    assert not deleter.is_alive()
+    store.create_collection("busy")  # the name is free once the folder is gone

@@ -65,6 +65,7 @@ class Store:
         self._lock_fd = lock_fd
         self._lock = threading.Lock()
         self._collections: dict[str, Collection] = {}
+        self._deleting: set[str] = set()
         self._closed = False
         try:
             for entry in sorted(self._root.iterdir()):
@@ -133,6 +134,10 @@ class Store:
             self._check_open()
             if name in self._collections:
                 raise ConflictError(f"collection {name!r} already exists", param="name")
+            if name in self._deleting:
+                raise ConflictError(
+                    f"collection {name!r} is still being deleted; try again shortly", param="name"
+                )
             tmp = self._root / f".tmp-{uuid.uuid4().hex}"
             tmp.mkdir()
             try:
@@ -173,11 +178,18 @@ class Store:
             coll = self._collections.pop(name, None) if isinstance(name, str) else None
             if coll is None:
                 raise NotFoundError(f"collection {name!r} not found", param="collection")
+            self._deleting.add(name)  # the name stays taken until its folder is gone
+        try:
+            # outside the store lock: closing waits for the collection's background job (a fit
+            # can take minutes), and other collections must stay reachable meanwhile
             coll.close(flush=False)
             coll.remove_gauges()
             trash = self._root / f".trash-{uuid.uuid4().hex}"
             os.rename(coll.path, trash)
             fsync_dir(self._root)
+        finally:
+            with self._lock:
+                self._deleting.discard(name)
         shutil.rmtree(trash, ignore_errors=True)
 
     def _check_open(self) -> None:
