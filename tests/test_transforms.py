@@ -358,3 +358,17 @@ def test_parallel_kernel_matches_serial() -> None:
             [t.transform(x[i : i + 5000], "image") for i in range(0, len(x), 5000)]
         )
         np.testing.assert_allclose(whole, parts, atol=1e-6)
+
+
+def test_auto_checks_objective_and_methods_before_fitting(gapped) -> None:
+    x, y = gapped
+    with pytest.raises(InputError, match="unknown objective 'nope'"):
+        make_transform("auto", objective="nope")
+    with pytest.raises(InputError, match="unknown methods for auto: whitn"):
+        make_transform("auto", methods="centering,whitn")
+    with pytest.raises(InputError, match="must be comma-separated method names or a list"):
+        make_transform("auto", methods=[1, 2])
+    as_list = make_transform("auto", methods=["centering", "whiten"], folds=2, repeats=1)
+    as_text = make_transform("auto", methods="centering, whiten", folds=2, repeats=1)
+    tried = [{row["method"] for row in t.fit(x, y).fit_table_} for t in (as_list, as_text)]
+    assert tried[0] == tried[1] == {"identity", "centering", "whiten"}

@@ -59,7 +59,7 @@ class AutoTransform(GapTransform):
         objective: str = "balanced",
         folds: int = 3,
         repeats: int = 3,
-        methods: str | None = None,
+        methods: str | list[str] | None = None,
         tolerance: float = 0.01,
         seed: int = 0,
         renormalize: bool = True,
@@ -89,25 +89,52 @@ class AutoTransform(GapTransform):
             for c in DEFAULT_CANDIDATES
             if (paired or c[0] != "procrustes") and int(c[1].get("k", 0)) < dim
         ]
-        if self.methods:
-            wanted = {m.strip() for m in str(self.methods).split(",") if m.strip()}
-            from gapfix.transforms import TRANSFORMS
-
-            unknown = wanted - set(TRANSFORMS)
-            if unknown:
-                raise InputError(f"unknown methods for auto: {sorted(unknown)}", param="methods")
+        wanted = self._wanted_methods()
+        if wanted:
             cands = [c for c in cands if c[0] in wanted or c[0] == "identity"]
         return cands
 
-    def fit(self, image: Any, text: Any, labels: Any = None) -> AutoTransform:
-        from gapfix.transforms import make_transform
+    def _wanted_methods(self) -> set[str]:
+        """The ``methods`` parameter (comma-separated names or a list of them) as a set."""
+        from gapfix.transforms import TRANSFORMS
 
-        self.validate_params()
+        given = self.methods
+        if given is None:
+            return set()
+        if isinstance(given, str):
+            names = given.split(",")
+        elif isinstance(given, list | tuple) and all(isinstance(m, str) for m in given):
+            names = list(given)
+        else:
+            raise InputError(
+                "parameter 'methods' of 'auto' must be comma-separated method names or a list "
+                f"of them, got {given!r}",
+                param="methods",
+            )
+        wanted = {m.strip() for m in names if m.strip()}
+        unknown = wanted - set(TRANSFORMS)
+        if unknown:
+            raise InputError(
+                f"unknown methods for auto: {', '.join(sorted(unknown))}; "
+                f"choose from {', '.join(TRANSFORMS)}",
+                param="methods",
+            )
+        return wanted
+
+    def validate_params(self) -> None:
+        """Ranges, the objective and the method names, before any data is read."""
+        super().validate_params()
         if self.objective not in OBJECTIVES:
             raise InputError(
                 f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}",
                 param="objective",
             )
+        self._wanted_methods()
+
+    def fit(self, image: Any, text: Any, labels: Any = None) -> AutoTransform:
+        from gapfix.transforms import make_transform
+
+        self.validate_params()
         image = check_embeddings(image, "image", min_rows=2)
         text = check_embeddings(text, "text", min_rows=2)
         check_same_dim(image, text)
