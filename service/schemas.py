@@ -95,7 +95,8 @@ class CollectionCreate(_Model):
     name: CollectionName
     index: IndexKind = Field("flat", description="flat (exact), hnsw, or ivfpq.")
     index_params: dict[str, Any] | None = Field(
-        None, description="Index settings, e.g. {'m': 32} for hnsw, {'nlist': 1024} for ivfpq."
+        None,
+        description="Index settings, e.g. {'hnsw_m': 32, 'ef_search': 128} for hnsw, {'nlist': 1024} for ivfpq.",
     )
     dim: int | None = Field(
         None,

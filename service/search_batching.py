@@ -14,12 +14,12 @@ import asyncio
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from gapfix.store import Collection
+from gapfix.store.collection import Searched
 
 
 @dataclass(eq=False)
@@ -53,8 +53,9 @@ class SearchBatcher:
         k: int,
         modalities: list[str] | None,
         corrected: bool,
-    ) -> list[list[Any]]:
-        """Hits per row of ``vectors`` (validated raw queries of ``coll``'s dimension)."""
+    ) -> Searched:
+        """Hits per row of ``vectors`` (validated raw queries of ``coll``'s dimension) and the
+        transform of the space they came from."""
         key = (coll, modality, k, tuple(modalities) if modalities else None, bool(corrected))
         queue = self._queues.setdefault(key, _Queue())
         request = _Request(
@@ -92,7 +93,9 @@ class SearchBatcher:
                         if len(batch) > 1
                         else batch[0].vectors
                     )
-                    hits = await run_in_threadpool(coll.search, mat, modality, k, mods, corrected)
+                    found = await run_in_threadpool(
+                        coll.search_view, mat, modality, k, mods, corrected
+                    )
                 except Exception as exc:
                     if len(batch) == 1:
                         if not batch[0].future.done():
@@ -101,7 +104,7 @@ class SearchBatcher:
                         for r in batch:
                             try:
                                 res = await run_in_threadpool(
-                                    coll.search, r.vectors, modality, k, mods, corrected
+                                    coll.search_view, r.vectors, modality, k, mods, corrected
                                 )
                             except Exception as one:
                                 if not r.future.done():
@@ -116,7 +119,9 @@ class SearchBatcher:
                 for r in batch:
                     n = r.vectors.shape[0]
                     if not r.future.done():
-                        r.future.set_result(hits[start : start + n])
+                        r.future.set_result(
+                            Searched(found.hits[start : start + n], found.transform)
+                        )
                     start += n
         finally:
             queue.inflight -= 1

@@ -652,3 +652,67 @@ def test_item_ids_with_slashes_are_reachable(client) -> None:
     assert r.status_code == 404 and r.json()["error"]["param"] == "item_id"
     assert client.delete("/v1/collections/paths/items/sub/dir/a.jpg").status_code == 200
     assert client.get("/v1/collections/paths/items/sub/dir/a.jpg").status_code == 404
+
+
+def test_search_names_the_space_it_searched(client: TestClient) -> None:
+    """A transform removed between a search's start and its FAISS call: the response says raw."""
+    _, txt = add_gapped(client, n=20)
+    r = client.post("/v1/collections/c/transform", json={"method": "centering"})
+    assert r.status_code == 200 and r.json()["status"] == "active", r.text
+    state = client.app.state.gapfix
+    q = {"query": {"vector": txt[0].tolist(), "modality": "text"}, "k": 5}
+    corrected = client.post("/v1/collections/c/search", json=q).json()
+    raw = client.post("/v1/collections/c/search", json={**q, "corrected": False}).json()
+    assert corrected["corrected"] is True and corrected["transform"] == "centering"
+    search = state.searcher.search
+
+    async def switch_then_search(coll, *args):
+        coll.set_transform(None)  # another request removes the transform meanwhile
+        return await search(coll, *args)
+
+    state.searcher.search = switch_then_search
+    try:
+        during = client.post("/v1/collections/c/search", json=q).json()
+    finally:
+        state.searcher.search = search
+    assert [h["id"] for h in during["results"]] == [h["id"] for h in raw["results"]]
+    assert during["corrected"] is False and during["transform"] is None
+
+
+def test_bad_auto_params_are_refused_before_a_fit_starts(client: TestClient) -> None:
+    add_gapped(client, n=20)
+    url = "/v1/collections/c/transform"
+    bad = {"method": "auto", "params": {"objective": "nope"}, "wait_seconds": 0}
+    assert_error(client.post(url, json=bad), 400)
+    bad = {"method": "auto", "params": {"methods": ["centering", "nope"]}, "wait_seconds": 0}
+    assert "nope" in assert_error(client.post(url, json=bad), 400)["message"]
+    assert client.get(url).json()["status"] == "active"  # nothing started, nothing failed
+    ok = {"method": "auto", "params": {"methods": ["centering"], "folds": 2, "repeats": 1}}
+    r = client.post(url, json=ok)
+    assert r.status_code == 200 and r.json()["active"]["method"] == "auto", r.text
+
+
+def test_a_body_that_is_not_json_is_415(client: TestClient) -> None:
+    r = client.post(
+        "/v1/collections", content=b'{"name": "x1"}', headers={"Content-Type": "text/plain"}
+    )
+    assert_error(r, 415, "unsupported_media_type", "body")
+    r = client.post("/v1/collections/x1/search", data={"k": "3"})  # a form, as curl -d sends
+    assert_error(r, 415, "unsupported_media_type", "body")
+    for ctype in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        r = client.post(
+            "/v1/collections", content=b'{"name": "x1"}', headers={"Content-Type": ctype}
+        )
+        assert r.status_code in (201, 409), r.text
+    r = client.post("/v1/collections", content=b'{"name": "x2"}')  # no Content-Type
+    assert_error(r, 415, "unsupported_media_type", "body")
+    schema = client.get("/openapi.json").json()
+    assert "415" in schema["paths"]["/v1/collections"]["post"]["responses"]
+    assert "415" not in schema["paths"]["/v1/collections"]["get"]["responses"]
+
+
+def test_multipart_embed_over_the_part_limits_is_413(client: TestClient) -> None:
+    s = client.app.state.gapfix.settings
+    parts = [("texts", (None, f"t{i}")) for i in range(s.max_texts_per_request + 20)]
+    r = client.post("/v1/embed", files=parts)
+    assert "too many parts" in assert_error(r, 413, "payload_too_large", "body")["message"]

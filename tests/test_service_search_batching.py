@@ -51,7 +51,7 @@ def test_concurrent_searches_are_merged_with_identical_results(coll) -> None:
         )
 
     got = asyncio.run(main())
-    assert [_ids(g) for g in got] == expected
+    assert [_ids(g.hits) for g in got] == expected
     # the first request ran alone at once; all others queued behind it and ran as one call
     assert batcher.stats == {"requests": 8, "calls": 2, "queries": 14}
     assert not batcher._queues
@@ -70,8 +70,8 @@ def test_different_parameters_are_not_merged(coll) -> None:
         )
 
     a, b, c, d = asyncio.run(main())
-    assert len(a[0]) == 3 and len(b[0]) == 4 and len(c[0]) == 3
-    assert {h.modality for h in d[0]} == {"text"}
+    assert len(a.hits[0]) == 3 and len(b.hits[0]) == 4 and len(c.hits[0]) == 3
+    assert {h.modality for h in d.hits[0]} == {"text"}
     assert batcher.stats["calls"] == 4
 
 
@@ -91,5 +91,5 @@ def test_an_error_reaches_only_its_request(coll) -> None:
 
     r = asyncio.run(main())
     assert isinstance(r[2], InputError)
-    assert _ids(r[1]) == _ids(coll.search(good[1:], "text", k=3))
-    assert _ids(r[3]) == _ids(coll.search(good, "text", k=3))
+    assert _ids(r[1].hits) == _ids(coll.search(good[1:], "text", k=3))
+    assert _ids(r[3].hits) == _ids(coll.search(good, "text", k=3))

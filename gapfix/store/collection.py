@@ -95,6 +95,14 @@ class _View:
     corrected: VectorIndex | None = None
 
 
+@dataclass(frozen=True)
+class Searched:
+    """Hits per query and the transform whose corrected space they came from (None: raw)."""
+
+    hits: list[list[Hit]]
+    transform: Any = None
+
+
 @dataclass
 class _Prepared:
     """Index vectors of some rows in both spaces, and their centroid-sum contributions."""
@@ -674,6 +682,17 @@ class Collection:
         corrected index; ``False`` searches the raw index. ``modalities`` filters the item
         modalities returned (default: all). Scores are inner products of unit vectors.
         """
+        return self.search_view(vectors, query_modality, k, modalities, corrected).hits
+
+    def search_view(
+        self,
+        vectors: Any,
+        query_modality: str,
+        k: int = 10,
+        modalities: list[str] | None = None,
+        corrected: bool = True,
+    ) -> Searched:
+        """`search`, also naming the transform of the space searched (read in the same view)."""
         check_modality(query_modality, "query_modality")
         k = self._check_k(k)
         mods = check_modalities(modalities)
@@ -682,13 +701,13 @@ class Collection:
         with self._index_lock.read():  # one view (transform + its index) for the whole search
             view = self._view
             if self._dim is None:
-                return [[] for _ in range(q.shape[0])]
+                return Searched([[] for _ in range(q.shape[0])])
             if corrected and view.transform is not None:
                 with STAGE_LATENCY.labels("correct").time():
                     # role "query": a transform fitted with a separate query-text mean uses it
                     q = view.transform.transform(q, query_modality, role="query")
-                return self._search_locked(q, k, mods, view.corrected)
-            return self._search_locked(q, k, mods, self._raw)
+                return Searched(self._search_locked(q, k, mods, view.corrected), view.transform)
+            return Searched(self._search_locked(q, k, mods, self._raw))
 
     def search_by_id(
         self,
@@ -699,6 +718,17 @@ class Collection:
         exclude_self: bool = True,
     ) -> list[Hit]:
         """Top-k neighbours of a stored item's own index vector (itself excluded by default)."""
+        return self.search_by_id_view(item_id, k, modalities, corrected, exclude_self).hits[0]
+
+    def search_by_id_view(
+        self,
+        item_id: str,
+        k: int = 10,
+        modalities: list[str] | None = None,
+        corrected: bool = True,
+        exclude_self: bool = True,
+    ) -> Searched:
+        """`search_by_id` as one query's `Searched`, naming the transform of the space searched."""
         check_item_id(item_id)
         k = self._check_k(k)
         mods = check_modalities(modalities)
@@ -718,7 +748,7 @@ class Collection:
             hits = self._search_locked(q, k + 1 if exclude_self else k, mods, idx)[0]
         if exclude_self:
             hits = [h for h in hits if h.id != item_id]
-        return hits[:k]
+        return Searched([hits[:k]], view.transform if use_corrected else None)
 
     def _search_locked(
         self, q: np.ndarray, k: int, mods: list[str] | None, idx: VectorIndex | None

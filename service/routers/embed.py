@@ -56,7 +56,19 @@ async def _parse(request: Request) -> tuple[EmbedRequest, list[tuple[str, bytes]
                 max_part_size=s.max_body_bytes,
             )
         except Exception as exc:  # malformed multipart, too many parts
-            raise ApiError(400, f"cannot parse the multipart body: {exc}", param="body") from None
+            detail = str(getattr(exc, "detail", exc))
+            if detail.startswith(("Too many fields", "Too many files")):
+                raise ApiError(
+                    413,
+                    f"multipart body has too many parts: at most {s.max_texts_per_request} "
+                    f"texts and {s.max_images_per_request} images per request",
+                    param="body",
+                ) from None
+            if "exceeded maximum size" in detail:
+                raise ApiError(413, f"multipart part too large: {detail}", param="body") from None
+            raise ApiError(
+                400, f"cannot parse the multipart body: {detail}", param="body"
+            ) from None
         uploads: list[tuple[str, bytes]] = []
         texts: list[str] = []
         fields: dict[str, Any] = {}

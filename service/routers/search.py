@@ -11,11 +11,14 @@ from starlette.concurrency import run_in_threadpool
 
 from gapfix.errors import InputError, PayloadTooLargeError
 from gapfix.store import Collection
+from gapfix.store.collection import Searched
 from service.deps import CollectionDep, StateDep, require_read
 from service.encoding import check_counts, decode_images, encode, require_model
 from service.errors import responses
 from service.routing import JSONRoute
 from service.schemas import Query, SearchRequest, SearchResponse
+
+SAME_SPACE_TRIES = 3
 
 router = APIRouter(
     route_class=JSONRoute,
@@ -79,9 +82,10 @@ async def run_search(
     queries: list[Query],
     vectors: dict[int, tuple[str, np.ndarray]],
     req: SearchRequest,
-) -> list[list[Any]]:
+) -> tuple[list[list[Any]], list[Any]]:
     """Search every query: vector queries per modality through the search batcher (merged with
-    concurrent requests into one FAISS call), id queries off the event loop."""
+    concurrent requests into one FAISS call), id queries off the event loop. Returns the hits
+    per query and the transform of each part's space (None: raw)."""
     results: list[list[Any]] = [[] for _ in queries]
     groups = []
     for modality in ("text", "image"):
@@ -98,21 +102,26 @@ async def run_search(
             )
     ids = [i for i, q in enumerate(queries) if q.id is not None]
 
-    def by_id() -> list[list[Any]]:
+    def by_id() -> list[Searched]:
         return [
-            coll.search_by_id(queries[i].id, req.k, req.modalities, req.corrected, req.exclude_self)
+            coll.search_by_id_view(
+                queries[i].id, req.k, req.modalities, req.corrected, req.exclude_self
+            )
             for i in ids
         ]
 
     jobs = [g for _, g in groups] + ([run_in_threadpool(by_id)] if ids else [])
     done = await asyncio.gather(*jobs)
-    for (idx, _), hits in zip(groups, done, strict=False):
-        for i, h in zip(idx, hits, strict=True):
+    spaces = []
+    for (idx, _), found in zip(groups, done, strict=False):
+        spaces.append(found.transform)
+        for i, h in zip(idx, found.hits, strict=True):
             results[i] = h
     if ids:
-        for i, h in zip(ids, done[-1], strict=True):
-            results[i] = h
-    return results
+        for i, found in zip(ids, done[-1], strict=True):
+            spaces.append(found.transform)
+            results[i] = found.hits[0]
+    return results, spaces
 
 
 @router.post(
@@ -138,9 +147,13 @@ async def search(req: SearchRequest, coll: CollectionDep, state: StateDep) -> di
         raise InputError(f"k must be at most {s.max_k}", param="k")
     names = [f"queries[{i}]" for i in range(len(queries))] if batch else ["query"]
     vectors = await query_vectors(state, coll, queries, names)
-    transform = coll.active_transform
-    results = await run_search(state, coll, queries, vectors, req)
-    used = req.corrected and transform is not None
+    # one response, one space: parts that ran across a transform switch are searched again
+    for _ in range(SAME_SPACE_TRIES):
+        results, spaces = await run_search(state, coll, queries, vectors, req)
+        if all(t is spaces[0] for t in spaces):
+            break
+    transform = spaces[0] if spaces else None
+    used = transform is not None
     out: dict[str, Any] = {
         "results": None,
         "batches": None,
