@@ -85,3 +85,19 @@ def test_fit_manifest_refusals(manifest, tmp_path) -> None:
         assert r.exit_code == 2, r.output
         assert r.stderr.startswith("gapfix: error:")
     assert not out.exists()
+
+
+def test_fit_refuses_an_unfinished_embed_job(manifest, tmp_path) -> None:
+    part = tmp_path / "part"
+    part.mkdir()
+    m = json.loads(manifest.read_text())
+    m["shards"] = m["shards"][:1]  # as a killed or still-running embed leaves it
+    (part / "manifest.json").write_text(json.dumps(m))
+    for rec in m["shards"]:
+        (part / rec["file"]).parent.mkdir(parents=True, exist_ok=True)
+        (part / rec["file"]).write_bytes((manifest.parent / rec["file"]).read_bytes())
+    out = tmp_path / "never.gapfix"
+    args = ["fit", "--manifest", str(part / "manifest.json"), "--method", "centering"]
+    r = runner.invoke(app, [*args, "--out", str(out)])
+    assert r.exit_code == 2 and "not finished (1/" in r.stderr, r.output
+    assert not out.exists()

@@ -168,9 +168,11 @@ def fit(
     if manifest is not None:
         if image or text or labels or query_text:
             raise InputError("--manifest replaces --image/--text/--labels", "--manifest")
+        from gapfix.jobs.manifest import require_complete
         from gapfix.jobs.shards import iter_embedding_blocks, iter_paired_blocks, read_manifest
 
         info = read_manifest(manifest)
+        require_complete(info, manifest)  # a fit on part of the shards would be silently off
         model_id = model_id or info.get("model_id")
         if method == "auto":
             raise InputError(
