@@ -288,3 +288,26 @@ def test_model_mode_loads_the_model_once(tmp_path: Path) -> None:
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+def test_a_bad_or_busy_data_dir_is_a_one_line_error(tmp_path: Path) -> None:
+    from gapfix.locks import release, try_lock
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    fd = try_lock(busy / ".lock")  # another store holds it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAPFIX_")}
+    try:
+        for data_dir, says in ((afile, "is not a folder"), (busy, "in use by another")):
+            proc = subprocess.run(
+                [GAPFIX, "serve", "--model", "none", "--data-dir", str(data_dir),
+                 "--port", str(free_port())],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            err = proc.stderr.strip()
+            assert proc.returncode == 2 and "\n" not in err, proc.stderr[-2000:]
+            assert err.startswith("gapfix: error: --data-dir") and says in err
+    finally:
+        release(fd)

@@ -32,6 +32,25 @@ def _setting(name: str, default: str) -> str:
     return value.strip()
 
 
+def _check_data_dir() -> None:
+    """Refuse a data dir that is a file or that another store holds, before anything starts
+    (the service opens the store inside uvicorn's start-up, where this is a traceback)."""
+    from gapfix.errors import InputError
+    from gapfix.locks import release, try_lock
+
+    path = Path(_setting("GAPFIX_DATA_DIR", "data") or "data")
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--data-dir {path} exists and is not a folder", "--data-dir")
+    if path.is_dir():
+        fd = try_lock(path / ".lock")
+        if fd is None:
+            raise InputError(
+                f"--data-dir {path} is in use by another gapfix store (another gapfix serve?)",
+                "--data-dir",
+            )
+        release(fd)
+
+
 def _preload_model() -> None:
     """Load the configured model before uvicorn starts, so that weights that are neither local
     nor reachable, a broken checkpoint, or a bad device or precision is a one-line error
@@ -101,7 +120,8 @@ def serve(
     for key, value in overrides.items():
         if value is not None:
             os.environ[key] = value
-    _preload_model()  # a one-line error (exit 2) instead of a failed start-up with a traceback
+    _check_data_dir()  # one-line errors (exit 2) instead of a failed start-up with a traceback
+    _preload_model()
     logging.basicConfig(  # force: open_clip's root-level logging during the load set a default
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
