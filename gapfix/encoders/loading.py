@@ -16,12 +16,14 @@ within seconds, saying how to point at a local checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
 import socket
 import threading
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -40,6 +42,7 @@ logger = logging.getLogger("gapfix.encoders")
 HF_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 RANDOM_INIT = ("", "none", "random")
+RANDOM_INIT_SEED = 0
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 # open_clip's default weight file names on the Hub, safetensors first (as open_clip prefers).
 HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -158,15 +161,16 @@ def load_encoder(
             src.model,
         )
     try:
-        clip_model, _, preprocess = open_clip.create_model_and_transforms(
-            src.model,
-            pretrained=src.pretrained,
-            device=dev,
-            precision="fp32",  # weights stay fp32; half precision is autocast on GPU
-            cache_dir=cache,
-            pretrained_text=src.kind != "random",
-            **src.preprocess,
-        )
+        with _seeded_if(src.kind == "random"):
+            clip_model, _, preprocess = open_clip.create_model_and_transforms(
+                src.model,
+                pretrained=src.pretrained,
+                device=dev,
+                precision="fp32",  # weights stay fp32; half precision is autocast on GPU
+                cache_dir=cache,
+                pretrained_text=src.kind != "random",
+                **src.preprocess,
+            )
         tokenizer = open_clip.get_tokenizer(src.model, cache_dir=cache)
         encoder = ClipEncoder(
             clip_model,
@@ -188,6 +192,18 @@ def load_encoder(
         ) from e
     logger.info("loaded encoder %s on %s (%s), dim %d", src.model_id, dev, prec, encoder.dim)
     return encoder
+
+
+@contextlib.contextmanager
+def _seeded_if(random_init: bool) -> Iterator[None]:
+    """Random weights from a fixed seed (the caller's RNG state untouched): every load of
+    ``name/none`` is the same model, so a resumed job or each Ray actor embeds alike."""
+    if not random_init:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        yield
 
 
 def _cause(exc: Exception) -> str:
