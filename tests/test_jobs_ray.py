@@ -90,3 +90,14 @@ def test_ray_correct_equals_local(ray_local, setup):
     b = run_correct(local, path, setup["root"] / "fix-ray", ray="local", workers=1)
     assert a["rows"] == b["rows"] and b["shards_written"] == 4
     _same(setup["root"] / "fix-ray", setup["root"] / "fix-local")
+
+
+def test_a_pool_the_cluster_cannot_hold_is_refused_before_writing(ray_local, setup):
+    from gapfix.errors import InputError
+
+    cpus = int(ray_local.cluster_resources()["CPU"])
+    out = setup["root"] / "too-many"
+    opts = EmbedOptions(workers=cpus, ray="local", **setup["opts"])
+    with pytest.raises(InputError, match="would take all"):
+        run_embed(setup["table"], out, opts, encoder=setup["enc"])
+    assert not out.exists()

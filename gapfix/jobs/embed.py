@@ -235,6 +235,10 @@ def run_embed(
     job = ShardJob(
         out, kind="embed", model=_model_info(encoder, opts), dim=dim, input_info=input_info, log=log
     )
+    if opts.ray:
+        from gapfix.jobs.ray_backend import plan_actors
+
+        plan_actors(opts)  # a cluster that cannot run the job: refused before --out is touched
     pending = job.open()
     skipped = len(plan.shards) - len(pending)
     if skipped:

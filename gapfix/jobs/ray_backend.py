@@ -292,6 +292,26 @@ def _drain(
     return assemblers
 
 
+def plan_actors(opts: Any) -> int:
+    """Connect to Ray and size the model-actor pool; InputError when it cannot work (checked
+    before the job writes anything)."""
+    init_ray(opts.ray)
+    _data_context()
+    gpus = _gpus()
+    actors = opts.workers if opts.workers else max(1, gpus)
+    if not gpus:
+        import ray
+
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if actors >= cpus:
+            raise InputError(
+                f"--workers {actors} model actors would take all {cpus} CPUs of the Ray cluster "
+                "and leave none for decoding; use fewer (each actor takes 1 CPU)",
+                param="workers",
+            )
+    return actors
+
+
 def run_embed_ray(
     source: Source,
     plan: Plan,
@@ -307,20 +327,8 @@ def run_embed_ray(
     (see `_drain`)."""
     import ray.data
 
-    init_ray(opts.ray)
-    _data_context()
+    actors = plan_actors(opts)
     gpus = _gpus()
-    actors = opts.workers if opts.workers else max(1, gpus)
-    if not gpus:
-        import ray
-
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        if actors >= cpus:
-            raise InputError(
-                f"--workers {actors} model actors would take all {cpus} CPUs of the Ray cluster "
-                "and leave none for decoding; use fewer (each actor takes 1 CPU)",
-                param="workers",
-            )
     specs = [_spec_row(plan.shards[i]) for i in pending]
     ds = ray.data.from_items(specs, override_num_blocks=len(specs))
     ds = ds.flat_map(_expand, fn_kwargs={"source": source})
