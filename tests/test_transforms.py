@@ -66,10 +66,11 @@ def test_mean_shift_formula(gapped) -> None:
     assert gap(wider.transform(x, "image"), wider.transform(y, "text")) > gap(x, y)
 
 
+@pytest.mark.parametrize("renormalize", [True, False])
 @pytest.mark.parametrize("target", [0.05, 0.3, 0.9])
-def test_target_gap_hits_target(target: float) -> None:
+def test_target_gap_hits_target(target: float, renormalize: bool) -> None:
     x, y = make_gapped(300, gap=0.5, seed=3)
-    t = make_transform("target-gap", gap=target).fit(x, y)
+    t = make_transform("target-gap", gap=target, renormalize=renormalize).fit(x, y)
     assert abs(gap(t.transform(x, "image"), t.transform(y, "text")) - target) < 2e-3
     if target > gap(x, y):
         assert float(t.lam_[0]) < 0
@@ -372,3 +373,14 @@ def test_auto_checks_objective_and_methods_before_fitting(gapped) -> None:
     as_text = make_transform("auto", methods="centering, whiten", folds=2, repeats=1)
     tried = [{row["method"] for row in t.fit(x, y).fit_table_} for t in (as_list, as_text)]
     assert tried[0] == tried[1] == {"identity", "centering", "whiten"}
+
+
+def test_auto_cross_validates_what_it_returns(gapped) -> None:
+    """``renormalize=False`` reaches the candidates: the table scores unrenormalised output."""
+    x, y = gapped
+    kw = {"methods": "centering", "folds": 2, "repeats": 1}
+    on = make_transform("auto", **kw).fit(x, y)
+    off = make_transform("auto", renormalize=False, **kw).fit(x, y)
+    row = lambda t: next(r for r in t.fit_table_ if r["method"] == "centering")  # noqa: E731
+    assert row(on)["gap"] != pytest.approx(row(off)["gap"], abs=1e-6)
+    assert off.best_.renormalize is False

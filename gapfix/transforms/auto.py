@@ -170,10 +170,12 @@ class AutoTransform(GapTransform):
             train, val = fold_of != f, fold_of == f
             for i, (method, params) in enumerate(candidates):
                 if lab is None:
-                    t = make_transform(method, **params).fit(image[train], text[train])
+                    t = make_transform(method, renormalize=self.renormalize, **params)
+                    t.fit(image[train], text[train])
                     scores[i].append(_paired_scores(t, image[val], text[val]))
                 else:
-                    t = make_transform(method, **params).fit(image[train], text)
+                    t = make_transform(method, renormalize=self.renormalize, **params)
+                    t.fit(image[train], text)
                     scores[i].append(_zeroshot_scores(t, image[val], text, lab[val]))
         rows = []
         for (method, params), cand_scores in zip(candidates, scores, strict=True):

@@ -44,17 +44,21 @@ class MeanShift(GapTransform):
         return {"shift": half if modality == "image" else -half}
 
 
-def _gap_after_shift(xs: np.ndarray, ys: np.ndarray, g: np.ndarray, lam: float) -> float:
+def _gap_after_shift(
+    xs: np.ndarray, ys: np.ndarray, g: np.ndarray, lam: float, renormalize: bool = True
+) -> float:
     def centroid(z: np.ndarray, sign: float) -> np.ndarray:
         shifted = z - sign * lam * g / 2
-        shifted /= np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)
+        if renormalize:
+            shifted /= np.maximum(np.linalg.norm(shifted, axis=1, keepdims=True), 1e-12)
         return shifted.mean(axis=0)
 
     return float(np.linalg.norm(centroid(xs, 1.0) - centroid(ys, -1.0)))
 
 
 class TargetGap(MeanShift):
-    """Mean shift with lam solved by bisection so the renormalised centroid gap equals ``gap``.
+    """Mean shift with lam solved by bisection so the centroid gap of the output (renormalised,
+    unless ``renormalize=False``) equals ``gap``.
 
     Targets above today's gap widen it (negative lam). A target below the smallest gap a shift
     can reach is an error naming that minimum.
@@ -72,7 +76,10 @@ class TargetGap(MeanShift):
     def _fit_moments(self, image: Moments, text: Moments) -> None:
         g = (image.mean - text.mean).astype(np.float64)
         xs, ys = (s.astype(np.float64) for s in self.calibration_sample())
-        f = lambda lam: _gap_after_shift(xs, ys, g, lam) - float(self.gap)  # noqa: E731
+
+        def f(lam: float) -> float:  # the gap of what transform() returns, minus the target
+            return _gap_after_shift(xs, ys, g, lam, self.renormalize) - float(self.gap)
+
         if f(0.0) > 0:  # close the gap: search between 0 and the shift of smallest gap
             grid = np.linspace(0.0, 2.0, 41)
             values = [f(lam) for lam in grid]
