@@ -29,47 +29,75 @@ _PARALLEL_LOCK = threading.Lock()  # numba's default threading layer is not re-e
 if HAVE_NUMBA:
 
     @njit(fastmath=True, nogil=True, cache=True)
-    def _rows_affine(x, scale, bias, out, use_scale, use_bias, renorm):  # pragma: no cover
+    def _rows_affine(
+        x, scale, bias, norms, out, use_scale, use_bias, norm_mode, renorm
+    ):  # pragma: no cover
         n, d = x.shape
         one = np.float32(1.0)
         tiny = np.float32(1e-12)
         for i in range(n):
+            nrm = one
+            if norm_mode == 1:
+                s0 = np.float32(0.0)
+                for j in range(d):
+                    s0 += x[i, j] * x[i, j]
+                nrm = max(np.sqrt(s0), tiny)
+            elif norm_mode == 2:
+                nrm = max(norms[i], tiny)
             ss = np.float32(0.0)
             for j in range(d):
                 v = x[i, j]
                 if use_scale:
                     v = v * scale[j]
                 if use_bias:
-                    v = v + bias[j]
+                    v = v + nrm * bias[j]
                 out[i, j] = v
                 ss += v * v
             if renorm:
                 inv = one / max(np.sqrt(ss), tiny)
-                for j in range(d):
-                    out[i, j] *= inv
+            elif norm_mode != 0:
+                inv = one / nrm
+            else:
+                continue
+            for j in range(d):
+                out[i, j] *= inv
 
     # A second copy of the same body, not the same function compiled twice: numba's on-disk
     # cache is keyed by source location, so two variants of one function would share (and
     # swap) their cached machine code.
     @njit(fastmath=True, nogil=True, cache=True, parallel=True)
-    def _rows_affine_parallel(x, scale, bias, out, use_scale, use_bias, renorm):  # pragma: no cover
+    def _rows_affine_parallel(
+        x, scale, bias, norms, out, use_scale, use_bias, norm_mode, renorm
+    ):  # pragma: no cover
         n, d = x.shape
         one = np.float32(1.0)
         tiny = np.float32(1e-12)
         for i in prange(n):
+            nrm = one
+            if norm_mode == 1:
+                s0 = np.float32(0.0)
+                for j in range(d):
+                    s0 += x[i, j] * x[i, j]
+                nrm = max(np.sqrt(s0), tiny)
+            elif norm_mode == 2:
+                nrm = max(norms[i], tiny)
             ss = np.float32(0.0)
             for j in range(d):
                 v = x[i, j]
                 if use_scale:
                     v = v * scale[j]
                 if use_bias:
-                    v = v + bias[j]
+                    v = v + nrm * bias[j]
                 out[i, j] = v
                 ss += v * v
             if renorm:
                 inv = one / max(np.sqrt(ss), tiny)
-                for j in range(d):
-                    out[i, j] *= inv
+            elif norm_mode != 0:
+                inv = one / nrm
+            else:
+                continue
+            for j in range(d):
+                out[i, j] *= inv
 
 
 def rows_affine(
@@ -78,17 +106,27 @@ def rows_affine(
     scale: np.ndarray | None = None,
     bias: np.ndarray | None = None,
     renormalize: bool = True,
+    unit_input: bool = False,
+    norms: np.ndarray | None = None,
 ) -> None:
-    """``out = normalise(x * scale + bias)`` row-wise (scale, bias optional; out may be x)."""
+    """``out = normalise(u * scale + bias)`` row-wise (scale, bias optional; out may be x).
+
+    ``u`` is ``x``, or with ``unit_input`` the unit rows ``x / ||x||``. For matrix maps ``x`` is
+    already ``input @ M`` and ``norms`` holds the input rows' norms (then ``u = x / norms``).
+    The division folds into the bias (``(x * scale + ||x|| bias) / ||x||``): still one pass.
+    """
+    mode = 2 if norms is not None else (1 if unit_input else 0)
     if HAVE_NUMBA and x.dtype == np.float32 and x.flags.c_contiguous and out.flags.c_contiguous:
         dummy = np.empty(x.shape[1], dtype=np.float32)
         args = (
             x,
             dummy if scale is None else scale,
             dummy if bias is None else bias,
+            dummy if norms is None else np.ascontiguousarray(norms, np.float32),
             out,
             scale is not None,
             bias is not None,
+            mode,
             renormalize,
         )
         if x.shape[0] >= PARALLEL_MIN_ROWS:
@@ -99,12 +137,19 @@ def rows_affine(
         return
     for sl in iter_blocks(x.shape[0], NUMPY_BLOCK_ROWS):
         block, dest = np.asarray(x[sl], dtype=np.float32), out[sl]
+        if mode == 1:
+            block = normalize_rows(block)
         if scale is not None:
             np.multiply(block, scale, out=dest)
             block = dest
         if bias is not None:
-            np.add(block, bias, out=dest)
+            if mode == 2:  # x = u @ M: bring the bias to the same scale as x
+                np.add(block, np.maximum(norms[sl], 1e-12)[:, None] * bias, out=dest)
+            else:
+                np.add(block, bias, out=dest)
         elif block is not dest:
             dest[...] = block
         if renormalize:
             normalize_rows(dest, out=dest)
+        elif mode == 2:
+            dest /= np.maximum(norms[sl], 1e-12)[:, None]

@@ -88,7 +88,8 @@ def test_centering_and_query_mean(gapped) -> None:
     assert gap(t.transform(x, "image"), t.transform(y, "text")) < 0.2 * gap(x, y)
     q = y[:50] + 0.1
     tq = make_transform("centering", query_text_mean=True).fit(x, y, query_text=q)
-    want = q - q.astype(np.float64).mean(0)
+    u = q / np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)  # unit rows
+    want = u - u.mean(0)
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     np.testing.assert_allclose(tq.transform(q, "text", role="query"), want, atol=1e-5)
     with pytest.raises(InputError):
@@ -120,9 +121,10 @@ def test_ablate_dims_zeroes_gap_dims(gapped) -> None:
 
 def test_procrustes_recovers_rotation() -> None:
     rng = np.random.default_rng(0)
-    y = rng.standard_normal((500, 16)).astype(np.float32)
+    y = rng.standard_normal((500, 16)) + 0.3  # a cone, as embeddings sit in
+    y = (y / np.linalg.norm(y, axis=1, keepdims=True)).astype(np.float32)
     rot, _ = np.linalg.qr(rng.standard_normal((16, 16)))
-    x = (y @ rot.T).astype(np.float32) + 0.3  # image = rotated text, offset
+    x = (y @ rot.T).astype(np.float32)  # image = rotated text (its own cone)
     t = make_transform("procrustes", renormalize=False).fit(x, y)
     np.testing.assert_allclose(t.rotation_, rot, atol=1e-4)
     with pytest.raises(InputError, match="paired"):
@@ -384,3 +386,34 @@ def test_auto_cross_validates_what_it_returns(gapped) -> None:
     row = lambda t: next(r for r in t.fit_table_ if r["method"] == "centering")  # noqa: E731
     assert row(on)["gap"] != pytest.approx(row(off)["gap"], abs=1e-6)
     assert off.best_.renormalize is False
+
+
+@pytest.mark.parametrize(
+    "method", ["centering", "mean-shift", "standardize", "whiten", "procrustes"]
+)
+def test_rows_of_any_length_map_like_their_unit_rows(gapped, method: str, monkeypatch) -> None:
+    """Transforms act on directions, as `gapfix stats` and the store read embeddings:
+    unnormalised rows (open_clip without normalize=True) fit and map like their unit rows."""
+    from gapfix import kernels
+
+    x, y = gapped
+    rng = np.random.default_rng(5)
+    sx = (x * rng.uniform(0.2, 15, (len(x), 1))).astype(np.float32)
+    sy = (y * rng.uniform(0.2, 15, (len(y), 1))).astype(np.float32)
+    for renormalize in (True, False):
+        unit_fit = make_transform(method, renormalize=renormalize).fit(x, y)
+        scaled_fit = make_transform(method, renormalize=renormalize).fit(sx, sy)
+        gaps = [t.fit_stats_["gap_before"] for t in (unit_fit, scaled_fit)]
+        assert gaps[1] == pytest.approx(gaps[0], abs=1e-5)
+        for modality, unit, scaled in (("image", x, sx), ("text", y, sy)):
+            want = unit_fit.transform(unit, modality)
+            np.testing.assert_allclose(scaled_fit.transform(unit, modality), want, atol=1e-5)
+            np.testing.assert_allclose(unit_fit.transform(scaled, modality), want, atol=1e-5)
+            got = unit_fit.transform(torch.from_numpy(scaled), modality).numpy()
+            np.testing.assert_allclose(got, want, atol=1e-5)
+            monkeypatch.setattr(kernels, "HAVE_NUMBA", False)  # the blocked numpy fallback
+            np.testing.assert_allclose(unit_fit.transform(scaled, modality), want, atol=1e-5)
+            monkeypatch.setattr(kernels, "HAVE_NUMBA", True)
+            monkeypatch.setattr(kernels, "PARALLEL_MIN_ROWS", 1)  # the parallel kernel
+            np.testing.assert_allclose(unit_fit.transform(scaled, modality), want, atol=1e-5)
+            monkeypatch.setattr(kernels, "PARALLEL_MIN_ROWS", 65_536)

@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from gapfix.blocks import iter_blocks
+from gapfix.blocks import iter_blocks, normalized
 from gapfix.errors import InputError, NotFittedError
 from gapfix.kernels import rows_affine
-from gapfix.transforms.moments import CrossMoments, Moments, Reservoir
+from gapfix.transforms.moments import FIT_BLOCK_ROWS, CrossMoments, Moments, Reservoir
 from gapfix.validation import check_embeddings, check_modality, check_paired, check_same_dim
 
 APPLY_BLOCK_ROWS = 65_536
@@ -59,18 +59,21 @@ class Kernel:
         return cls(bias=None if shift is None else (-shift).astype(f32))
 
     def apply(self, x: np.ndarray, out: np.ndarray, renormalize: bool = True) -> None:
-        """Write the (renormalised) map of the rows ``x`` into ``out`` (float32, same shape).
+        """Write the (renormalised) map of the unit rows ``x / ||x||`` into ``out`` (float32).
 
-        Matrix kernels run BLAS on blocks, then a fused bias + renormalise pass while the
-        block is in cache; shift/scale kernels are one fused pass (see gapfix.kernels).
+        Every map acts on directions, as the store and the statistics see embeddings, so rows
+        of any length give the same result as their unit rows. Matrix kernels run BLAS on
+        blocks, then a fused bias + renormalise pass while the block is in cache; shift/scale
+        kernels are one fused pass (see gapfix.kernels).
         """
         if self.matrix is None:
-            rows_affine(x, out, self.scale, self.bias, renormalize)
+            rows_affine(x, out, self.scale, self.bias, renormalize, unit_input=True)
             return
         for sl in iter_blocks(x.shape[0], MATMUL_BLOCK_ROWS):
-            dest = out[sl]
-            np.matmul(np.asarray(x[sl], dtype=np.float32), self.matrix, out=dest)
-            rows_affine(dest, dest, None, self.bias, renormalize)
+            block, dest = np.asarray(x[sl], dtype=np.float32), out[sl]
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block, dtype=np.float32))
+            np.matmul(block, self.matrix, out=dest)
+            rows_affine(dest, dest, None, self.bias, renormalize, norms=norms)
 
 
 ROLES = (None, "query", "corpus")
@@ -202,15 +205,19 @@ class GapTransform:
         self._lock = threading.Lock()
 
     def _accumulate(self, image: np.ndarray | None, text: np.ndarray | None) -> None:
+        """Add the unit rows of each modality to its moments and sample, a block at a time."""
         for name, x in (("image", image), ("text", text)):
             if x is None:
                 continue
-            self._moments[name].update(x)
-            res = self._samples[name]
-            rows, slots = res.slots(x.shape[0])
-            res.put(x, rows, slots)
+            for sl in iter_blocks(x.shape[0], FIT_BLOCK_ROWS):
+                block = normalized(x[sl])
+                self._moments[name].update(block)
+                res = self._samples[name]
+                rows, slots = res.slots(block.shape[0])
+                res.put(block, rows, slots)
         if self._cross is not None and image is not None and text is not None:
-            self._cross.update(image, text)
+            for sl in iter_blocks(image.shape[0], FIT_BLOCK_ROWS):
+                self._cross.update(normalized(image[sl]), normalized(text[sl]))
 
     def _finish(self) -> None:
         with self._lock:
@@ -337,7 +344,9 @@ class GapTransform:
         # fp16/bf16), and float64 where CUDA matmuls may round inputs to TF32.
         with torch.inference_mode(), torch.autocast(z.device.type, enabled=False):
             y = z.to(torch.float32)
-            own = y is not z  # y is a buffer of ours and may be updated in place
+            # unit rows first, as on the numpy path (a new buffer: the input is never modified)
+            y = y / torch.linalg.vector_norm(y, dim=1, keepdim=True).clamp_min_(1e-12)
+            own = True
             if matrix is not None:
                 if _tf32_possible(torch, z.device):
                     y64, m64 = y.double(), matrix.double()

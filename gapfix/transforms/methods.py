@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from gapfix.blocks import normalized
 from gapfix.errors import InputError
 from gapfix.transforms.base import GapTransform
 from gapfix.transforms.moments import Moments
@@ -143,7 +144,7 @@ class Centering(GapTransform):
                 raise InputError("query_text_mean=True needs query_text rows to fit", "query_text")
             q = check_embeddings(query_text, "query_text", min_rows=2)
             self._query = Moments(q.shape[1])
-            self._query.update(q)
+            self._query.update(normalized(q))  # unit rows, as fit and transform use
         super().fit(image, text, labels)
         return self
 
