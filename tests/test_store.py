@@ -456,3 +456,42 @@ def test_deleting_a_busy_collection_leaves_the_others_reachable(store: Store) ->
         deleter.join(30)
     assert not deleter.is_alive()
     store.create_collection("busy")  # the name is free once the folder is gone
+
+
+def test_a_superseded_transform_request_is_told_so(store: Store, pairs, monkeypatch) -> None:
+    import threading
+
+    from gapfix.transforms.methods import Whiten
+
+    img, txt = pairs
+    c = store.create_collection("sup")
+    _fill(c, img, txt)
+    fitting, release = threading.Event(), threading.Event()
+    fit = Whiten.fit
+
+    def slow_fit(self, *args, **kwargs):  # a long fit, still running when B arrives
+        fitting.set()
+        release.wait(30)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Whiten, "fit", slow_fit)
+    outcome: dict[str, object] = {}
+
+    def request_a() -> None:
+        try:
+            outcome["a"] = c.fit_transform("whiten", wait_seconds=60)
+        except ConflictError as exc:
+            outcome["a"] = exc
+
+    a = threading.Thread(target=request_a)
+    a.start()
+    try:
+        assert fitting.wait(30)
+        assert c.fit_transform("centering", wait_seconds=60) is True  # request B
+        a.join(30)
+        assert isinstance(outcome["a"], ConflictError), outcome
+        assert "superseded" in str(outcome["a"])
+        assert c.active_transform.method == "centering"
+    finally:
+        release.set()
+        a.join(30)

@@ -83,6 +83,7 @@ from gapfix.validation import check_modality
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
+SUPERSEDED_POLL_S = 0.05  # how often a request waiting on its own transform job checks it
 COMPONENTS = ("image", "text")
 
 
@@ -897,15 +898,34 @@ class Collection:
         summary = view.transform.to_summary() if view.transform is not None else {"method": None}
         return {**self.transform_status, "fingerprint": view.fingerprint, "active": summary}
 
-    def wait_transform(self, timeout: float | None = None) -> bool:
-        """Wait for a running transform job; True when it finished and the status is active."""
+    def wait_transform(self, timeout: float | None = None, job: _Job | None = None) -> bool:
+        """Wait for the running transform job (or ``job``); True when it finished and is active.
+
+        Waiting on a ``job`` that a later request superseded raises ConflictError: its
+        transform will never be active, whatever the collection's status says.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            job = self._job
-            if job is None:
+            current = self._job if job is None else job
+            if current is None:
                 return self._last_error is None
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not job.done.wait(remaining):
+            step = remaining
+            if job is not None:  # own job: look for being superseded now and then
+                step = SUPERSEDED_POLL_S if remaining is None else min(SUPERSEDED_POLL_S, remaining)
+            finished = current.done.wait(step)
+            if job is not None:
+                if job.cancelled:
+                    raise ConflictError(
+                        "this transform was superseded by a later transform request before it "
+                        "became active",
+                        param="method",
+                    )
+                if finished:
+                    return job.error is None
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+            elif not finished:
                 return False
 
     def set_transform(self, transform: Any, wait_seconds: float | None = None) -> bool:
@@ -949,7 +969,7 @@ class Collection:
                 return True
             job = _Job("transform", transform=own, fingerprint=fp)
             self._start_job(job)
-        return self.wait_transform(wait_seconds)
+        return self.wait_transform(wait_seconds, job)
 
     def fit_transform(
         self,
@@ -1003,7 +1023,7 @@ class Collection:
                     )
             job = _Job("transform", fit=transform)
             self._start_job(job)
-        return self.wait_transform(wait_seconds)
+        return self.wait_transform(wait_seconds, job)
 
     def _save_artifact(self, transform: Any) -> str:
         tdir = self.path / "transforms"
@@ -1112,10 +1132,11 @@ class Collection:
             return
         except Exception as exc:
             log.exception("collection %s: %s job failed", self.name, job.kind)
+            job.error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
             with self._write_lock:
                 if not job.cancelled and self._job is job and job.kind == "transform":
                     # a failed compaction is only logged; a failed switch shows in the status
-                    self._last_error = f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"
+                    self._last_error = job.error
                     with contextlib.suppress(Exception), self._db.tx():
                         self._db.set_meta("pending_transform", None)
                     self._cleanup_files()

@@ -24,10 +24,16 @@ router = APIRouter(
     dependencies=[Depends(require_write)],
     responses={
         202: {
+            "model": TransformInfo,
             "description": "Still fitting, or re-correcting the stored vectors, in the background"
-            " (poll GET). A restart resumes re-correcting; a fit it interrupts is dropped."
+            " (poll GET). A restart resumes re-correcting; a fit it interrupts is dropped.",
         },
         **responses(400, 401, 404, 422),
+        409: {
+            **responses(409)[409],
+            "description": "A later transform request (or DELETE) superseded this one before "
+            "it became active",
+        },
     },
 )
 async def fit_transform(
@@ -36,7 +42,8 @@ async def fit_transform(
     """Fit ``method`` on the stored raw vectors (documents for paired methods and ``auto``)
     and activate it: every stored vector is re-corrected into a new index while searches keep
     using the old one, then the switch is atomic. 200 with ``status: active`` when that
-    finished within the wait, else 202 with ``status: rebuilding`` (poll ``GET``)."""
+    finished within the wait, else 202 with ``status: rebuilding`` (poll ``GET``); 409 when a
+    later transform request (or a DELETE) superseded this one while it waited."""
     wait = state.settings.transform_wait_s if req.wait_seconds is None else req.wait_seconds
     await run_in_threadpool(coll.fit_transform, req.method, req.params, req.objective, wait)
     info = coll.transform_info()
