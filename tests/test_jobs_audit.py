@@ -171,3 +171,38 @@ def test_correct_checks_every_input_shard_before_writing(pairs_run, tmp_path, da
     with pytest.raises(InputError, match=last.name):
         run_correct(src, tmp_path / "c.gapfix", tmp_path / "fix", progress_mode="off")
     assert not (tmp_path / "fix").exists()  # no half-corrected output
+
+
+def test_items_beyond_the_store_limits_do_not_sink_index_build(ckpt, encoder, tmp_path):
+    """Embed records what the store can never hold (a 300-character id, 70 KB of metadata) as
+    failures and cuts a caption over 64 KiB for display; index build then takes the rest."""
+    import csv
+
+    from gapfix.jobs import build_index
+    from gapfix.jobs.failures import read_failures
+    from gapfix.store import Store
+    from gapfix.store.items import MAX_CAPTION_BYTES
+
+    rows = [
+        {"id": "ok", "caption": "a short caption", "note": "x"},
+        {"id": "long-caption", "caption": "word " * 14_000, "note": "x"},
+        {"id": "i" * 300, "caption": "fine text", "note": "x"},
+        {"id": "fat-metadata", "caption": "fine text", "note": "m" * 70_000},
+    ]
+    table = tmp_path / "t.csv"
+    with table.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "caption", "note"])
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "emb"
+    s = run_embed(table, out, T.tiny_options(ckpt), encoder=encoder, log=lambda _m: None)
+    assert s["failures"] == 2
+    failed = {f["id"]: f["reason"] for f in read_failures(out)}
+    assert "longer than 256 characters" in failed["i" * 300]
+    assert "metadata is larger" in failed["fat-metadata"]
+    build_index(out, tmp_path / "data", "c", progress_mode="off", log=lambda _m: None)
+    with Store(tmp_path / "data") as store:
+        c = store.get("c")
+        assert c.count() == 2
+        caption = c.get_item("long-caption").caption
+        assert len(caption.encode()) <= MAX_CAPTION_BYTES and caption.startswith("word word")

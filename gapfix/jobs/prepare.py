@@ -9,6 +9,7 @@ item's image, its caption, or the whole item when it is unusable). Every bad slo
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from gapfix.jobs.failures import Failure
 from gapfix.jobs.runner import SlotRow
 from gapfix.jobs.shards import metadata_json
 from gapfix.jobs.sources import WorkItem
+from gapfix.store.items import MAX_CAPTION_BYTES, MAX_ID_CHARS, MAX_METADATA_BYTES
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -139,8 +141,9 @@ class Preparer:
             out.slots.append(SlotRow(seq=-1, slot="empty", id=""))
         for it in items:
             meta = metadata_json(it.metadata)
-            if it.error is not None:
-                fail = Failure(it.id, it.source, it.error, None, shard)
+            error = it.error or store_limit_problem(it.id, meta)
+            if error is not None:
+                fail = Failure(it.id, it.source, error, None, shard)
                 out.slots.append(SlotRow(it.seq, "item", it.id, meta, failure=fail))
                 continue
             if it.has_image:
@@ -154,7 +157,10 @@ class Preparer:
                 out.slots.append(row)
             if it.text is not None:
                 text = it.text.strip()
-                row = SlotRow(it.seq, "text", it.id, meta, caption=text or None)
+                # the stored caption is display text: cut to the store's limit (the embedding
+                # only ever sees the start of a long text)
+                caption = cut_utf8(text, MAX_CAPTION_BYTES) or None
+                row = SlotRow(it.seq, "text", it.id, meta, caption=caption)
                 if text:
                     out.text_slots.append(len(out.slots))
                     texts.append(text)
@@ -166,3 +172,23 @@ class Preparer:
         if texts:
             out.tokens = self.stage.tokenize(texts)
         return out
+
+
+def store_limit_problem(item_id: str, meta: str) -> str | None:
+    """Why an item could never be indexed by ``gapfix index build`` (the store's limits), so
+    that embed records it as a failure instead of the build refusing the whole job."""
+    if len(item_id) > MAX_ID_CHARS:
+        return f"item id is longer than {MAX_ID_CHARS} characters"
+    if len(meta.encode()) > MAX_METADATA_BYTES:
+        compact = json.dumps(json.loads(meta), separators=(",", ":"), ensure_ascii=False)
+        if len(compact.encode()) > MAX_METADATA_BYTES:
+            return f"metadata is larger than {MAX_METADATA_BYTES} bytes"
+    return None
+
+
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, at a character boundary."""
+    raw = text.encode("utf-8", "surrogatepass")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode("utf-8", "ignore")
