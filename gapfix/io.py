@@ -31,9 +31,20 @@ def load_array(spec: str, mmap: bool = False, param: str = "input") -> np.ndarra
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            if key is not None:
+                raise InputError(
+                    f"{param}: {path} is a .npy file, which holds one array; ':{key}' names an "
+                    "array in a .npz or a column in a .parquet file",
+                    param=param,
+                )
             _check_npy_header(path, param)
             arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         elif suffix == ".npz":
+            with path.open("rb") as f:
+                if not zipfile.is_zipfile(f):  # numpy would read it as a pickle and say so
+                    raise InputError(
+                        f"{param}: {path} is not a NumPy .npz file (not a zip archive)", param=param
+                    )
             with np.load(path, allow_pickle=False) as archive:
                 names = list(archive.keys())
                 if key is None:
