@@ -127,6 +127,7 @@ def _bad(tmp_path: Path) -> dict[str, list[str]]:
     for name, arr in files.items():
         np.save(tmp_path / f"{name}.npy", arr)
     (tmp_path / "garbage.npy").write_bytes(b"garbage")
+    (tmp_path / "garbage.npz").write_bytes(b"garbage")
     np.save(tmp_path / "objects.npy", np.array([[1.0, None]], dtype=object), allow_pickle=True)
     p = lambda n: str(tmp_path / f"{n}.npy")  # noqa: E731
     art = str(tmp_path / "ok.gapfix")
@@ -153,6 +154,8 @@ def _bad(tmp_path: Path) -> dict[str, list[str]]:
         "query text of another dim": ["fit", "--image", IMG, "--text", TXT, "--method", "centering", "--param", "query_text_mean=true", "--query-text", p("dim"), "--out", out],
         "apply bad role": ["apply", "--transform", art, "--modality", "text", "--input", TXT, "--role", "asker", "--output", str(tmp_path / "never.npy")],
         "bad transform": ["apply", "--transform", p("garbage"), "--modality", "image", "--input", IMG, "--output", str(tmp_path / "never.npy")],
+        "key on a .npy": ["apply", "--transform", art, "--modality", "image", "--input", p("one_row") + ":nonsense", "--output", str(tmp_path / "never.npy")],
+        "npz not a zip": ["stats", "--image", str(tmp_path / "garbage.npz"), "--text", TXT],
     }  # fmt: skip
 
 
@@ -193,6 +196,8 @@ def test_unreadable_files_are_named_plainly(tmp_path: Path) -> None:
     cases = _bad(tmp_path)
     assert "is not a NumPy .npy file" in run(*cases["unreadable"]).stderr
     assert "holds Python objects" in run(*cases["pickled objects"]).stderr
+    assert "not a NumPy .npz file" in run(*cases["npz not a zip"]).stderr
+    assert "is a .npy file, which holds one array" in run(*cases["key on a .npy"]).stderr
 
 
 def test_console_script_exit_code(tmp_path: Path) -> None:
@@ -204,3 +209,31 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown method" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["apply", "--input", IMG, "--output", "never.npy"], "Missing option"),
+        (["nope"], "No such command 'nope'"),
+        (["serve", "--port", "0"], "Invalid value for '--port'"),
+        (["stats", "--image", IMG, "--text", TXT, "--bogus"], "No such option"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path: Path, args, says: str) -> None:
+    exe = Path(sys.executable).parent / "gapfix"
+    r = subprocess.run([exe, *args], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip()
+    assert err.startswith("gapfix: error: ") and "\n" not in err and says in err, err
+    assert "--help" in err and not (tmp_path / "never.npy").exists()
+
+
+def test_help_and_success_keep_their_exit_codes(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "gapfix"
+    assert subprocess.run([exe, "--help"], capture_output=True, check=False).returncode == 0
+    bare = subprocess.run([exe], capture_output=True, text=True, check=False)
+    assert bare.returncode == 2 and "Usage" in bare.stdout + bare.stderr
+    ok = subprocess.run([exe, "stats", "--image", IMG, "--text", TXT, "--json"],
+                        capture_output=True, text=True, check=False)  # fmt: skip
+    assert ok.returncode == 0 and json.loads(ok.stdout)["n_image"] == 250
