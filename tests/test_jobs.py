@@ -387,6 +387,7 @@ def test_correct_applies_the_transform_to_every_shard(table_run, tmp_path):
     )
     assert s["shards_written"] == 3 and s["rows"] == {"image": 11, "text": 13}
     m = read_manifest(tmp_path / "fixed")
+    assert s["items"] == m["totals"]["items"] == read_manifest(src)["totals"]["items"]
     assert m["kind"] == "correct" and m["transform"]["method"] == "centering"
     assert len(m["transform"]["sha256"]) == 64 and m["complete"]
     ids, mods, emb, meta = _all_rows(src)

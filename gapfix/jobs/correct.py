@@ -164,7 +164,7 @@ def run_correct(
         c = res.data.counts()
         counts["image"] += c["image"]
         counts["text"] += c["text"]
-        counts["items"] += len(res.data)
+        counts["items"] += res.items  # items, as embed counts them (len(res.data) is rows)
         counts["shards"] += 1
 
     def produce_local(on_result: Callable[[ShardResult], None]) -> None:
