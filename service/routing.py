@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from fastapi import Request, Response
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.routing import APIRoute
 
 from service.errors import ApiError, responses
@@ -38,6 +39,10 @@ class JSONRoute(APIRoute):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        takes_input = self.body_field is not None or bool(get_flat_params(self.dependant))
+        # document the envelope the service sends, not FastAPI's default HTTPValidationError
+        if takes_input:
+            self.responses = {**responses(422), **self.responses}
         if self.body_field is not None:
             self.responses = {**responses(415), **self.responses}
 

@@ -31,7 +31,10 @@ Base64Image = Annotated[
     ),
 ]
 Metadata = Annotated[
-    dict[str, Any] | None, Field(description="Any JSON object (at most 64 KiB), returned as is.")
+    dict[str, Any] | None,
+    Field(
+        description="Any JSON object (at most 64 KiB), returned as is (integers beyond 64 bits come back as floats)."
+    ),
 ]
 
 _V = [0.12, -0.03, 0.4]  # short example vectors (real ones have the model's dimension)

@@ -716,3 +716,17 @@ def test_multipart_embed_over_the_part_limits_is_413(client: TestClient) -> None
     parts = [("texts", (None, f"t{i}")) for i in range(s.max_texts_per_request + 20)]
     r = client.post("/v1/embed", files=parts)
     assert "too many parts" in assert_error(r, 413, "payload_too_large", "body")["message"]
+
+
+def test_openapi_documents_the_error_envelope_for_422(client: TestClient) -> None:
+    """Every 422 the schema declares is the envelope the service sends, never FastAPI's
+    default ``{"detail": [...]}``."""
+    import json
+
+    schema = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in json.dumps(schema)
+    op = schema["paths"]["/v1/collections/{collection}/items/{item_id}"]["get"]
+    assert "422" in op["responses"]
+    client.post("/v1/collections", json={"name": "c"})
+    r = client.get("/v1/collections/c/items/i1?vectors=maybe")
+    assert_error(r, 422, "validation_error")
