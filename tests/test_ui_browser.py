@@ -475,3 +475,48 @@ def test_saved_api_key_is_sent_with_every_api_call(open_page: Any) -> None:
     assert page.evaluate("localStorage.getItem('gapfix.apiKey')") == KEY
     page.click("#forget-key")
     assert page.evaluate("localStorage.getItem('gapfix.apiKey')") is None
+
+
+def test_query_heading_only_with_a_query_and_long_texts_cut(open_page: Any) -> None:
+    page, _ = open_page()
+    assert page.locator("#query").is_hidden()  # nothing searched yet: no bare "Query" label
+    long_text = "a photo of a red circle on a grey background with some more words " * 5
+    search_text(page, long_text)
+    assert page.locator("#query").is_visible()
+    q = page.locator("#query-body q")
+    shown = q.inner_text()
+    assert len(shown) <= 202 and shown.endswith("…") and q.get_attribute("title") == long_text.strip()
+    heading = page.locator("#query h2").bounding_box()
+    assert heading is not None and heading["width"] > 30  # not squeezed to "Q / ue / ry"
+
+
+def test_a_key_no_header_can_carry_is_refused_when_saved(open_page: Any) -> None:
+    page, _ = open_page()
+    page.click("#settings summary")
+    page.fill("#api-key", "clé—key")
+    page.press("#api-key", "Enter")
+    until(page, "document.querySelector('#key-state').textContent.startsWith('Not saved')")
+    assert page.evaluate("localStorage.getItem('gapfix.apiKey')") is None
+    search_text(page, "a green circle")  # the page still works
+    # a bad key saved by an older page is left out of requests, not mistaken for an outage
+    page.evaluate("localStorage.setItem('gapfix.apiKey', 'clé—key')")
+    search_text(page, "a red square")
+    assert page.locator("#error").is_hidden()
+    page.evaluate("localStorage.removeItem('gapfix.apiKey')")
+
+
+def test_an_error_clears_once_collections_load(open_page: Any) -> None:
+    page, _ = open_page()
+    refusal = '{"error": {"type": "unauthorized", "message": "invalid API key", "param": null}}'
+
+    def refuse(route: Any) -> None:
+        route.fulfill(status=401, body=refusal, content_type="application/json")
+
+    page.route("**/v1/collections", refuse)
+    page.click("#gap-refresh")
+    page.wait_for_selector("#error:not([hidden])")
+    page.unroute("**/v1/collections", refuse)
+    page.fill("#api-key", KEY)
+    page.press("#api-key", "Enter")
+    page.wait_for_selector("#collection:not([disabled])")
+    until(page, "document.querySelector('#error').hidden")

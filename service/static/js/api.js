@@ -37,11 +37,18 @@ export function apiUrl(path) {
 
 const enc = encodeURIComponent;
 
+/** Whether a key can travel in an HTTP header (printable ASCII, as the service's keys are). */
+export function isValidApiKey(key) {
+  return /^[\x21-\x7e]+$/.test(key);
+}
+
 function headers(json) {
   const out = {};
   if (json) out["Content-Type"] = "application/json";
   const key = getApiKey();
-  if (key) out.Authorization = `Bearer ${key}`;
+  // a key no header can carry (saved before this check) is left out: the service answers
+  // 401 and the page asks for a key, instead of fetch failing as if the service were down
+  if (key && isValidApiKey(key)) out.Authorization = `Bearer ${key}`;
   return out;
 }
 

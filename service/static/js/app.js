@@ -38,6 +38,7 @@ const el = {
 const STORE_COLLECTION = "gapfix.collection";
 const STORE_VIEW = "gapfix.view";
 const MAX_IMAGE_SIDE = 1024;
+const QUERY_SHOWN_CHARS = 200; // a longer text query is shown cut (in full as its tooltip)
 
 const state = {
   collections: [],
@@ -158,6 +159,7 @@ async function loadCollections(preferred) {
     }
     return;
   }
+  showError(null); // loaded: an earlier failure (a missing or wrong key) is over
   state.collections = Array.isArray(data.collections) ? data.collections : [];
   if (!state.collections.length) {
     el.collection.replaceChildren(h("option", { value: "", text: "no collections" }));
@@ -257,7 +259,11 @@ function renderQuery(query) {
     img.addEventListener("error", () => img.remove(), { once: true });
     parts.push(img);
   }
-  if (query.kind === "text") parts.push(h("q", { text: query.body.text }));
+  if (query.kind === "text") {
+    const text = query.body.text;
+    const shown = text.length > QUERY_SHOWN_CHARS ? `${text.slice(0, QUERY_SHOWN_CHARS)}…` : text;
+    parts.push(h("q", { text: shown, title: text }));
+  }
   else if (query.kind === "image") parts.push(h("span", { text: `image “${query.label}”` }));
   else parts.push(h("span", {}, "more like ", h("strong", { text: query.label })));
   el.queryBody.replaceChildren(...parts);
@@ -488,7 +494,13 @@ function bind() {
   el.keyState.textContent = api.getApiKey() ? "A key is saved." : "No key saved.";
   el.keyForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    api.setApiKey(el.keyInput.value.trim());
+    const key = el.keyInput.value.trim();
+    if (key && !api.isValidApiKey(key)) {
+      el.keyState.textContent = "Not saved: an API key is printable ASCII (no spaces or accents).";
+      el.keyInput.focus();
+      return;
+    }
+    api.setApiKey(key);
     el.keyState.textContent = api.getApiKey() ? "Key saved." : "No key saved.";
     loadCollections();
   });
