@@ -485,7 +485,9 @@ def test_query_heading_only_with_a_query_and_long_texts_cut(open_page: Any) -> N
     assert page.locator("#query").is_visible()
     q = page.locator("#query-body q")
     shown = q.inner_text()
-    assert len(shown) <= 202 and shown.endswith("…") and q.get_attribute("title") == long_text.strip()
+    assert (
+        len(shown) <= 202 and shown.endswith("…") and q.get_attribute("title") == long_text.strip()
+    )
     heading = page.locator("#query h2").bounding_box()
     assert heading is not None and heading["width"] > 30  # not squeezed to "Q / ue / ry"
 
