@@ -243,3 +243,53 @@ def test_kill9_mid_ingest_then_reopen_is_consistent(tmp_path: Path, kind: str) -
         assert c.search(v[1], "image", k=1)[0][0].id == f"b{last}-1"
         item = c.get_item(f"b{last}-2")
         assert np.allclose(item.text, unit(v[2]), atol=1e-6)
+
+
+def test_deleting_a_collection_under_concurrent_reads_does_not_crash(tmp_path: Path) -> None:
+    """Closing the SQLite connections other threads were reading through was a use-after-free
+    (SIGSEGV); readers now see NotFoundError and the process lives on. In a subprocess, so a
+    crash fails this test instead of killing the test run."""
+    script = textwrap.dedent(
+        """
+        import sys, threading, time
+        import numpy as np
+        from gapfix.store import ItemIn, NotFoundError, Store
+
+        x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+        store = Store(sys.argv[1], flush_interval=None)
+        unexpected = []
+        for _ in range(25):
+            c = store.create_collection("c")
+            c.add([ItemIn(f"i{i}", text=x[i], metadata={"i": i}) for i in range(2000)])
+            stop = threading.Event()
+
+            def read():
+                while not stop.is_set():
+                    try:
+                        c.list_items(0, 2000)
+                        c.get_item("i5")
+                        c.raw_vectors()
+                    except NotFoundError:
+                        pass
+                    except Exception as exc:
+                        unexpected.append(repr(exc))
+                        return
+
+            readers = [threading.Thread(target=read) for _ in range(3)]
+            for t in readers:
+                t.start()
+            time.sleep(0.02)
+            store.delete_collection("c")
+            stop.set()
+            for t in readers:
+                t.join()
+        store.close()
+        print("unexpected:", unexpected)
+        sys.exit(1 if unexpected else 0)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-1000:], proc.stderr[-2000:])

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import numbers
 import sqlite3
 import threading
 import time
@@ -85,6 +86,11 @@ log = logging.getLogger(__name__)
 MAX_K = 1000
 SUPERSEDED_POLL_S = 0.05  # how often a request waiting on its own transform job checks it
 COMPONENTS = ("image", "text")
+
+
+def _is_int(value: Any) -> bool:
+    """An integer, numpy's included; not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
 @dataclass(frozen=True)
@@ -375,6 +381,7 @@ class Collection:
         except (sqlite3.Error, RuntimeError):
             self._check_open()  # closed meanwhile: raises NotFoundError
             raise
+        self._check_open()  # deleted while it read: what it read is gone too
 
     def _prepare(self, rows: Rows, transform: Any) -> _Prepared:
         """Index vectors of ``rows`` (raw, and corrected when ``transform`` is given) + sums."""
@@ -515,6 +522,8 @@ class Collection:
                 for code in rows.codes:
                     self._counts[CODE_MODALITY[int(code)]] += sign
             self._update_gauges()
+            if len(old):  # an upsert tombstones the replaced HNSW vectors, as a delete does
+                self._maybe_compact()
         return {"added": len(batch) - len(old), "replaced": len(old)}
 
     def delete_items(self, ids: list[str], missing_ok: bool = False) -> int:
@@ -648,10 +657,14 @@ class Collection:
 
     def list_items(self, offset: int = 0, limit: int = 100) -> list[tuple[str, str]]:
         """``(id, modality)`` pairs in insertion order, for paging through a collection."""
-        if offset < 0 or not 1 <= limit <= 10_000:
-            raise InputError("offset must be >= 0 and limit in [1, 10000]", param="limit")
+        if not (_is_int(offset) and _is_int(limit)) or offset < 0 or not 1 <= limit <= 10_000:
+            raise InputError(
+                f"offset must be an integer >= 0 and limit an integer in [1, 10000], got "
+                f"{offset!r} and {limit!r}",
+                param="limit",
+            )
         with self._reading():
-            return self._db.list_ids(offset, limit)
+            return self._db.list_ids(int(offset), int(limit))
 
     def correct(self, vectors: Any, modality: str) -> np.ndarray:
         """Raw vectors of ``modality`` through the active transform (unit length, float32)."""
@@ -665,9 +678,9 @@ class Collection:
 
     @staticmethod
     def _check_k(k: Any) -> int:
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        if not _is_int(k) or not 1 <= k <= MAX_K:
             raise InputError(f"k must be an integer in [1, {MAX_K}], got {k!r}", param="k")
-        return k
+        return int(k)
 
     def search(
         self,

@@ -142,8 +142,8 @@ class ItemDB:
         cols = {r[1] for r in self._w.execute("PRAGMA table_info(items)")}
         if "caption" not in cols:  # a collection created before captions were stored
             self._w.execute("ALTER TABLE items ADD COLUMN caption TEXT")
-        self._pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._all: list[sqlite3.Connection] = [self._w]
+        self._pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # idle readers
+        self._lent: set[sqlite3.Connection] = set()  # read connections in use by some thread
         self._lock = threading.Lock()
         self._closed = False
         if self.get_meta("schema_version") is None:
@@ -153,21 +153,33 @@ class ItemDB:
     # ------------------------------------------------------------------ connections
     @contextlib.contextmanager
     def reader(self) -> Iterator[sqlite3.Connection]:
-        """A pooled read connection (autocommit: each statement sees the latest commit)."""
-        try:
-            conn = self._pool.get_nowait()
-        except queue.Empty:
-            with self._lock:
-                if self._closed:
-                    raise RuntimeError("collection is closed") from None
+        """A pooled read connection (autocommit: each statement sees the latest commit).
+
+        ``close`` never closes a connection another thread is reading through (that is a
+        use-after-free inside SQLite, a segfault): a connection lent at close time is closed
+        by its borrower when it comes back.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("collection is closed")
+            try:
+                conn = self._pool.get_nowait()
+            except queue.Empty:
                 conn = _connect(self.path)
-                self._all.append(conn)
+            self._lent.add(conn)
         try:
             yield conn
         finally:
-            if conn.in_transaction:
-                conn.rollback()
-            self._pool.put(conn)
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.rollback()
+            with self._lock:
+                self._lent.discard(conn)
+                if self._closed:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+                else:
+                    self._pool.put(conn)
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -181,12 +193,18 @@ class ItemDB:
         self._w.execute("COMMIT")
 
     def close(self) -> None:
+        """Close the writer and every idle read connection; lent ones close on return."""
         with self._lock:
             self._closed = True
-            for conn in self._all:
+            idle = [self._w]
+            while True:
+                try:
+                    idle.append(self._pool.get_nowait())
+                except queue.Empty:
+                    break
+            for conn in idle:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-            self._all.clear()
 
     # ------------------------------------------------------------------ meta
     def get_meta(self, key: str, default: Any = None) -> Any:
