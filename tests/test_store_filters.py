@@ -96,3 +96,32 @@ def test_every_modality_is_no_filter(gapped) -> None:
     idx = fill("hnsw", images, texts)
     q = images[:4]
     assert np.array_equal(idx.search(q, K, ["image", "text", "document"])[1], idx.search(q, K)[1])
+
+
+def test_trained_ivf_filter_matching_nothing_is_empty(gapped) -> None:
+    images, _ = gapped
+    idx = VectorIndex("ivfpq", 512, IndexParams(train_size=1000))
+    idx.add(images, encode_fids(np.arange(N_IMG), np.full(N_IMG, MODALITY_CODE["image"])))
+    assert idx.trained
+    dist, ids = idx.search(images[:3], K, ["text"])  # no text at all: no list to probe
+    assert (ids == -1).all() and np.isneginf(dist).all()
+
+
+@pytest.mark.parametrize("exact_max", [16_384, 0])
+def test_hnsw_with_clustered_tombstones_still_returns_k(monkeypatch, exact_max: int) -> None:
+    """Deleting most of one cluster (below the compaction threshold) must not leave queries
+    near it short: the walk is widened, then answered exactly."""
+    monkeypatch.setattr(index_mod, "FILTER_EXACT_MAX_ROWS", exact_max)
+    rng = np.random.default_rng(0)
+    n, d = 6000, 32
+    centres = rng.standard_normal((5, d)) * 3
+    label = np.arange(n) % 5
+    x = unit(centres[label] + rng.standard_normal((n, d)))
+    idx = VectorIndex("hnsw", d, IndexParams(ef_search=16))
+    fids = encode_fids(np.arange(n), np.full(n, MODALITY_CODE["text"]))
+    idx.add(x, fids)
+    gone = fids[label == 0][:1150]  # 19% tombstones, all in one cluster
+    idx.remove(gone)
+    _, ids = idx.search(x[label == 0][:20], K)
+    assert (ids >= 0).all(), "queries near the deleted cluster came back short"
+    assert not set(ids.ravel()) & set(gone)

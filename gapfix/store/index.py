@@ -59,6 +59,7 @@ BUILD_CHUNK = 16_384
 GPU_MAX_K = 2048
 FILTER_EXACT_MAX_ROWS = 16_384  # HNSW: a filter matching at most this many is searched exactly
 FILTER_EF_MAX = 4096  # HNSW: efSearch ceiling for a selective filter over more vectors
+EXACT_FALLBACK_MAX_ROWS = 1_000_000  # HNSW: rows a short walk may still search exactly
 MAX_TRAIN_ROWS = 262_144
 
 
@@ -404,39 +405,69 @@ class VectorIndex:
         keep: list[Any] = []
         sel = self._selector(modalities, keep)
         params = self._params(k, sel)
-        if modalities and self.kind == "hnsw":
-            matching = self._hnsw_matching(modalities)
-            if isinstance(matching, tuple):
-                return _exact_top_k(q, k, *matching)
-            params.efSearch = min(
-                max(params.efSearch, FILTER_EF_MAX),
-                math.ceil(params.efSearch * self.live / max(matching, 1)),
-            )
-        elif modalities and self.trained:
+        if self.kind == "hnsw" and (modalities or self.deleted):
+            return self._hnsw_search_restricted(q, k, modalities, params)
+        if modalities and self.trained:
             return self._ivf_search_filtered(q, k, modalities, params)
         return self.index.search(q, k, params=params)
 
-    def _codes(self, modalities: Sequence[str]) -> tuple[int, ...]:
-        return tuple(sorted({MODALITY_CODE[m] for m in modalities}))
+    def _codes(self, modalities: Sequence[str] | None) -> tuple[int, ...]:
+        names = modalities if modalities else MODALITY_CODE
+        return tuple(sorted({MODALITY_CODE[m] for m in names}))
 
-    def _hnsw_matching(self, modalities: Sequence[str]) -> Any:
-        """Live vectors of these modalities: ``(vectors, ids)`` when few enough to search
+    def _hnsw_search_restricted(
+        self, q: np.ndarray, k: int, modalities: Sequence[str] | None, params: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """HNSW search where only some vectors count (a modality filter, tombstones): k hits
+        whenever k live vectors match. Few matches: exact search over them; else the graph,
+        with ``efSearch`` scaled by the share that matches and raised for rows that came back
+        short, then (up to ``EXACT_FALLBACK_MAX_ROWS`` matches) exact search for those rows."""
+        codes = self._codes(modalities)
+        matching = self._hnsw_matching(codes)
+        if isinstance(matching, tuple):
+            return _exact_top_k(q, k, *matching)
+        want = min(k, matching)
+        ef = min(
+            max(params.efSearch, FILTER_EF_MAX),
+            math.ceil(params.efSearch * self.ntotal / max(matching, 1)),
+        )
+        params.efSearch = ef
+        dist, ids = self.index.search(q, k, params=params)
+        short = np.flatnonzero((ids >= 0).sum(axis=1) < want)
+        while short.size and ef < self.ntotal:
+            ef = min(ef * 4, self.ntotal)
+            params.efSearch = ef
+            dist[short], ids[short] = self.index.search(q[short], k, params=params)
+            short = short[(ids[short] >= 0).sum(axis=1) < want]
+        if short.size and matching <= EXACT_FALLBACK_MAX_ROWS:  # a walk that cannot reach them
+            found = self._hnsw_vectors(*self._hnsw_rows(codes))
+            dist[short], ids[short] = _exact_top_k(q[short], k, *found)
+        return dist, ids
+
+    def _hnsw_rows(self, codes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Storage rows and ids of the live vectors of these modality codes."""
+        ids = self.all_ids()  # storage order
+        ok = np.isin(fid_code(ids), codes)
+        if self.deleted:
+            ok &= ~np.isin(ids, np.fromiter(self.deleted, np.int64, len(self.deleted)))
+        rows = np.flatnonzero(ok)
+        return rows, ids[rows]
+
+    def _hnsw_vectors(self, rows: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The stored vectors at storage ``rows`` (a copy), with their ids."""
+        storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
+        xb = faiss.rev_swig_ptr(storage.get_xb(), self.ntotal * self.dim)
+        return np.ascontiguousarray(xb.reshape(self.ntotal, self.dim)[rows]), ids
+
+    def _hnsw_matching(self, codes: tuple[int, ...]) -> Any:
+        """Live vectors of these modality codes: ``(vectors, ids)`` when few enough to search
         exactly, else their count. Cached until the next write."""
-        key = self._codes(modalities)
-        cached = self._filter_cache.get(key)
+        cached = self._filter_cache.get(codes)
         if cached is None:
-            ids = self.all_ids()  # storage order
-            ok = np.isin(fid_code(ids), key)
-            if self.deleted:
-                ok &= ~np.isin(ids, np.fromiter(self.deleted, np.int64, len(self.deleted)))
-            rows = np.flatnonzero(ok)
-            cached = len(rows)
-            if len(rows) <= FILTER_EXACT_MAX_ROWS:
-                storage = faiss.downcast_index(faiss.downcast_index(self.index.index).storage)
-                xb = faiss.rev_swig_ptr(storage.get_xb(), self.ntotal * self.dim)
-                xb = xb.reshape(self.ntotal, self.dim)
-                cached = (np.ascontiguousarray(xb[rows]), ids[rows])
-            self._filter_cache[key] = cached
+            rows, ids = self._hnsw_rows(codes)
+            small = len(rows) <= FILTER_EXACT_MAX_ROWS
+            cached = self._hnsw_vectors(rows, ids) if small else len(rows)
+            self._filter_cache[codes] = cached
         return cached
 
     def _ivf_search_filtered(
@@ -463,6 +494,9 @@ class VectorIndex:
             enough = np.searchsorted(np.cumsum(counts[lists[r, held]]), k) + 1
             picks.append(held[: max(params.nprobe, enough)])
         width = max(len(p) for p in picks)
+        if width == 0:  # nothing matches the filter anywhere
+            nq = q.shape[0]
+            return np.full((nq, k), -np.inf, np.float32), np.full((nq, k), -1, np.int64)
         assign = np.full((q.shape[0], width), -1, np.int64)
         coarse = np.zeros((q.shape[0], width), np.float32)
         for r, pick in enumerate(picks):

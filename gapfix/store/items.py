@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -245,8 +246,8 @@ def validate_batch(items: Sequence[ItemIn], dim: int | None) -> Batch:
         if it.image is not None and it.text is not None:
             w = it.weight
             if (
-                not isinstance(w, int | float)
-                or isinstance(w, bool)
+                not isinstance(w, numbers.Real)  # numpy scalars too
+                or isinstance(w, bool | np.bool_)
                 or not math.isfinite(w)
                 or not 0 <= w <= 1
             ):
