@@ -60,6 +60,15 @@ def test_16bit_greyscale_is_scaled_not_clipped():
     assert keyed.getpixel((1, 0)) == (255, 255, 255) and keyed.getpixel((0, 0)) == (0, 0, 0)
 
 
+def test_rgb_png_with_a_transparent_colour_is_composited_over_white():
+    """An RGB PNG can key one colour as transparent (tRNS), as L and P images can."""
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    pixels[0, 0] = (5, 6, 7)
+    out = decode_image(png(Image.fromarray(pixels), transparency=(0, 0, 0)))
+    assert out.mode == "RGB"
+    assert out.getpixel((1, 1)) == (255, 255, 255) and out.getpixel((0, 0)) == (5, 6, 7)
+
+
 def test_pil_images_converted_like_decoded_bytes(enc):
     """A PIL image given directly is converted exactly as the same image sent as bytes."""
     rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))

@@ -82,7 +82,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     16-bit greyscale is scaled to 8 bits rather than clipped."""
     if img.mode in _INT_MODES:
         img = _to_8bit(img)
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:  # an RGB PNG may key a colour
         return img
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
