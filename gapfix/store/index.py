@@ -13,10 +13,10 @@ Kinds (all inner product on unit vectors, i.e. cosine):
 Modality filters are id ranges (see ``items``) passed as ``SearchParameters(sel=...)``, which
 the three CPU kinds honour inside the search. An approximate index would still walk the graph
 (HNSW) or probe the lists (IVF) nearest the query, which the modality gap fills with the other
-modality, and return few or no hits; so a filter on HNSW is searched exactly over the matching
-vectors when they are few (``FILTER_EXACT_MAX_ROWS``) and with ``efSearch`` scaled by the
-filter's selectivity otherwise, and a filter on trained IVF probes the nearest ``nprobe`` lists
-that hold matching vectors. GPU FAISS (``faiss.get_num_gpus() > 0``) is used
+modality, and return few or no hits; so a filter (or tombstones) on HNSW is searched exactly
+over the matching live vectors when they are few (``FILTER_EXACT_MAX_ROWS``), otherwise with
+``efSearch`` scaled by their share and widened for rows that came back short, and a filter on
+trained IVF probes the nearest lists that hold matching vectors, enough of them to hold k. GPU FAISS (``faiss.get_num_gpus() > 0``) is used
 for ``flat`` and trained ``ivfpq``: the CPU index stays the source of truth (writes, files) and
 a GPU mirror is refreshed lazily on the first search after a write; GPU search is serialised
 (GPU indexes are not thread-safe) and filters by over-fetching, since selectors are CPU-only.
@@ -59,6 +59,7 @@ BUILD_CHUNK = 16_384
 GPU_MAX_K = 2048
 FILTER_EXACT_MAX_ROWS = 16_384  # HNSW: a filter matching at most this many is searched exactly
 FILTER_EF_MAX = 4096  # HNSW: efSearch ceiling for a selective filter over more vectors
+EF_RETRY_MAX = 65_536  # HNSW: the widest walk tried for rows that came back short
 EXACT_FALLBACK_MAX_ROWS = 1_000_000  # HNSW: rows a short walk may still search exactly
 MAX_TRAIN_ROWS = 262_144
 
@@ -434,8 +435,8 @@ class VectorIndex:
         params.efSearch = ef
         dist, ids = self.index.search(q, k, params=params)
         short = np.flatnonzero((ids >= 0).sum(axis=1) < want)
-        while short.size and ef < self.ntotal:
-            ef = min(ef * 4, self.ntotal)
+        while short.size and ef < min(self.ntotal, EF_RETRY_MAX):
+            ef = min(ef * 4, self.ntotal, EF_RETRY_MAX)
             params.efSearch = ef
             dist[short], ids[short] = self.index.search(q[short], k, params=params)
             short = short[(ids[short] >= 0).sum(axis=1) < want]
@@ -473,7 +474,8 @@ class VectorIndex:
     def _ivf_search_filtered(
         self, q: np.ndarray, k: int, modalities: Sequence[str], params: Any
     ) -> tuple[np.ndarray, np.ndarray]:
-        """IVF search that probes the ``nprobe`` nearest lists holding matching vectors."""
+        """IVF search over the nearest lists holding matching vectors: at least ``nprobe`` of
+        them, and enough to hold k matches."""
         key = self._codes(modalities)
         counts = self._filter_cache.get(key)
         if counts is None:  # matching vectors per list
