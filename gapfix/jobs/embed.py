@@ -235,10 +235,11 @@ def run_embed(
     job = ShardJob(
         out, kind="embed", model=_model_info(encoder, opts), dim=dim, input_info=input_info, log=log
     )
+    pool = None
     if opts.ray:
         from gapfix.jobs.ray_backend import plan_actors
 
-        plan_actors(opts)  # a cluster that cannot run the job: refused before --out is touched
+        pool = plan_actors(opts)  # a cluster that cannot run the job: refused before --out
     pending = job.open()
     skipped = len(plan.shards) - len(pending)
     if skipped:
@@ -262,7 +263,7 @@ def run_embed(
 
     try:
         if pending:
-            if opts.ray:
+            if pool is not None:
                 from gapfix.jobs.ray_backend import run_embed_ray
 
                 preparer = make_preparer(encoder, opts.max_pixels, opts.thumbnail_size)
@@ -270,7 +271,16 @@ def run_embed(
                 def produce(on_result: Callable[[ShardResult], None]) -> None:
                     timing.update(
                         run_embed_ray(
-                            source, plan, pending, opts, dim, on_result, progress, preparer, setup
+                            source,
+                            plan,
+                            pending,
+                            opts,
+                            dim,
+                            on_result,
+                            progress,
+                            preparer,
+                            pool,
+                            setup,
                         )
                     )
             else:

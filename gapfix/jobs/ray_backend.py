@@ -16,6 +16,7 @@ import io
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -292,7 +293,15 @@ def _drain(
     return assemblers
 
 
-def plan_actors(opts: Any) -> int:
+@dataclass(frozen=True)
+class ActorPool:
+    """How many model actors an embed run starts, and whether each takes a GPU."""
+
+    actors: int
+    gpus: int
+
+
+def plan_actors(opts: Any) -> ActorPool:
     """Connect to Ray and size the model-actor pool; InputError when it cannot work (checked
     before the job writes anything)."""
     init_ray(opts.ray)
@@ -309,7 +318,7 @@ def plan_actors(opts: Any) -> int:
                 "and leave none for decoding; use fewer (each actor takes 1 CPU)",
                 param="workers",
             )
-    return actors
+    return ActorPool(actors, gpus)
 
 
 def run_embed_ray(
@@ -321,14 +330,14 @@ def run_embed_ray(
     on_result: Callable[[ShardResult], None],
     progress: Progress,
     preparer: Preparer,
+    pool: ActorPool,
     setup: Callable[[], None] | None = None,
 ) -> dict[str, float]:
-    """Run the embed pipeline for the ``pending`` shards on Ray Data; returns start-up timing
-    (see `_drain`)."""
+    """Run the embed pipeline for the ``pending`` shards on Ray Data with the model-actor
+    ``pool`` from `plan_actors`; returns start-up timing (see `_drain`)."""
     import ray.data
 
-    actors = plan_actors(opts)
-    gpus = _gpus()
+    actors, gpus = pool.actors, pool.gpus
     specs = [_spec_row(plan.shards[i]) for i in pending]
     ds = ray.data.from_items(specs, override_num_blocks=len(specs))
     ds = ds.flat_map(_expand, fn_kwargs={"source": source})
