@@ -143,7 +143,6 @@ class ItemDB:
         if "caption" not in cols:  # a collection created before captions were stored
             self._w.execute("ALTER TABLE items ADD COLUMN caption TEXT")
         self._pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # idle readers
-        self._lent: set[sqlite3.Connection] = set()  # read connections in use by some thread
         self._lock = threading.Lock()
         self._closed = False
         if self.get_meta("schema_version") is None:
@@ -166,7 +165,6 @@ class ItemDB:
                 conn = self._pool.get_nowait()
             except queue.Empty:
                 conn = _connect(self.path)
-            self._lent.add(conn)
         try:
             yield conn
         finally:
@@ -174,7 +172,6 @@ class ItemDB:
                 if conn.in_transaction:
                     conn.rollback()
             with self._lock:
-                self._lent.discard(conn)
                 if self._closed:
                     with contextlib.suppress(sqlite3.Error):
                         conn.close()
