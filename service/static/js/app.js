@@ -1,7 +1,7 @@
 /** gapfix search page: collection picker, text/image/"more like this" search, gap panel. */
 
 import * as api from "./api.js";
-import { busyAfter, h, plural } from "./dom.js";
+import { busyAfter, h, plural, shorten } from "./dom.js";
 import { renderGap } from "./gap.js";
 import { releaseThumbnails, renderColumn, resultText } from "./results.js";
 
@@ -261,8 +261,7 @@ function renderQuery(query) {
   }
   if (query.kind === "text") {
     const text = query.body.text;
-    const shown = text.length > QUERY_SHOWN_CHARS ? `${text.slice(0, QUERY_SHOWN_CHARS)}…` : text;
-    parts.push(h("q", { text: shown, title: text }));
+    parts.push(h("q", { text: shorten(text, QUERY_SHOWN_CHARS), title: text }));
   }
   else if (query.kind === "image") parts.push(h("span", { text: `image “${query.label}”` }));
   else parts.push(h("span", {}, "more like ", h("strong", { text: query.label })));
@@ -350,7 +349,7 @@ function summarize(raw, corrected, k) {
 
 function moreLikeThis(result) {
   const text = resultText(result);
-  const label = text ? `${result.id} (${text.slice(0, 60)}${text.length > 60 ? "…" : ""})` : result.id;
+  const label = text ? `${result.id} (${shorten(text, 60)})` : result.id;
   const thumb = result.modality !== "text" && result.has_thumbnail !== false;
   const preview = thumb ? api.apiUrl(api.thumbnailPath(state.current.name, result.id)) : null;
   runSearch({ kind: "id", body: { id: result.id }, label, preview: api.getApiKey() ? null : preview });

@@ -38,6 +38,11 @@ export function s(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** ``text`` cut to ``max`` characters, with an ellipsis when it was longer. */
+export function shorten(text, max) {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
 /** Format a number for display: fixed digits, "–" for missing values. */
 export function fmt(value, digits = 3) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
