@@ -1,5 +1,5 @@
 """Turning request content into raw vectors: texts and images through the micro-batcher
-(with the per-request limits), images decoded off the event loop."""
+(with the per-request limits), images (base64 or fetched by URL) decoded off the event loop."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from gapfix.errors import PayloadTooLargeError
+from gapfix.errors import InputError, PayloadTooLargeError
 from service import media
 from service.errors import ApiError
 from service.state import AppState
@@ -55,6 +55,31 @@ async def decode_images(
     blobs = [(p, media.decode_base64(data, p)) for p, data in images]
     size = s.thumbnail_size if thumbnails else None
     return await run_in_threadpool(media.decode_images, blobs, s.max_image_pixels, size)
+
+
+async def decode_urls(
+    state: AppState, urls: Sequence[tuple[str, str]], thumbnails: bool = False
+) -> list[tuple[Image.Image, bytes | None]]:
+    """Image URL ``(param, url)`` pairs -> fetched (``state.fetcher``) and decoded RGB images
+    (+ JPEG thumbnails); any failure is a 400/413 naming its ``param``."""
+    if not urls:
+        return []
+    if state.fetcher is None:
+        raise ApiError(503, "the service is not ready", type="not_ready")
+    s = state.settings
+    params = [p for p, _ in urls]
+    bodies = await state.fetcher.fetch_images([u for _, u in urls], param=params)
+    size = s.thumbnail_size if thumbnails else None
+    blobs = list(zip(params, bodies, strict=True))
+    try:
+        return await run_in_threadpool(media.decode_images, blobs, s.max_image_pixels, size)
+    except PayloadTooLargeError:
+        raise
+    except InputError as exc:  # say that it is the fetched body, not the URL, that is bad
+        raise InputError(
+            f"{exc.param}: the body fetched from the URL is not a usable image: {exc.message}",
+            param=exc.param,
+        ) from None
 
 
 async def encode(

@@ -30,6 +30,15 @@ Base64Image = Annotated[
         "prefix is accepted).",
     ),
 ]
+ImageUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=8192,
+        description="An http(s) URL of a JPEG/PNG/WebP/GIF image, fetched by the server (public "
+        "addresses only, unless GAPFIX_URL_ALLOW lists it).",
+    ),
+]
 Metadata = Annotated[
     dict[str, Any] | None,
     Field(
@@ -54,6 +63,10 @@ class EmbedRequest(_Model):
     )
     texts: list[str] = Field(default_factory=list, description="Texts to embed.")
     images: list[Base64Image] = Field(default_factory=list, description="Base64 images.")
+    image_urls: list[ImageUrl] = Field(
+        default_factory=list,
+        description="Image URLs, fetched by the server; their vectors follow those of `images`.",
+    )
     corrected: bool = Field(
         False, description="Apply the active transform of `collection` (required then)."
     )
@@ -68,7 +81,10 @@ class EmbedResponse(BaseModel):
     corrected: bool
     transform: str | None = Field(description="Method of the transform applied, if any.")
     texts: list[list[float]] = Field(description="One unit vector per text, in order.")
-    images: list[list[float]] = Field(description="One unit vector per image, in order.")
+    images: list[list[float]] = Field(
+        description="One unit vector per image, in order: `images` (or uploaded files), then "
+        "`image_urls`."
+    )
 
 
 class CorrectRequest(_Model):
@@ -134,9 +150,9 @@ class Deleted(BaseModel):
 # ---------------------------------------------------------------------------- items
 class ItemInput(_Model):
     """One item. Its image vector comes from `image_vector`, `vector` with modality image, or
-    the encoded `image`; its text vector from `text_vector`, `vector` with modality text, or
-    the encoded `text`. An item with both is a document. `text` is also kept as the caption and
-    `image` as a thumbnail."""
+    the encoded `image` (base64, or fetched from `image_url`); its text vector from
+    `text_vector`, `vector` with modality text, or the encoded `text`. An item with both is a
+    document. `text` is also kept as the caption and the image as a thumbnail."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -144,6 +160,7 @@ class ItemInput(_Model):
             "examples": [
                 {"id": "cap-1", "text": "a dog on a beach", "metadata": {"lang": "en"}},
                 {"id": "img-1", "image": "<base64 JPEG>"},
+                {"id": "img-2", "image_url": "https://example.com/dog.jpg"},
                 {"id": "doc-1", "text": "a dog", "image": "<base64 JPEG>", "weight": 0.5},
                 {"id": "vec-1", "vector": _V, "modality": "image"},
                 {"id": "doc-2", "image_vector": _V, "text_vector": _V, "text": "a dog"},
@@ -153,6 +170,9 @@ class ItemInput(_Model):
     id: ItemId
     text: str | None = Field(None, description="Caption; encoded unless a text vector is given.")
     image: Base64Image | None = None
+    image_url: ImageUrl | None = Field(
+        None, description="Instead of `image`: fetched by the server, then as `image`."
+    )
     vector: Vector | None = None
     modality: Modality | None = Field(None, description="Modality of `vector`.")
     image_vector: Vector | None = None
@@ -169,11 +189,22 @@ class ItemInput(_Model):
             if other is not None:
                 raise ValueError(f"give the {self.modality} vector once (`vector` or "
                                  f"`{self.modality}_vector`)")  # fmt: skip
+        if self.image is not None and self.image_url is not None:
+            raise ValueError("give `image` or `image_url`, not both")
         if not any(
             x is not None
-            for x in (self.text, self.image, self.vector, self.image_vector, self.text_vector)
+            for x in (
+                self.text,
+                self.image,
+                self.image_url,
+                self.vector,
+                self.image_vector,
+                self.text_vector,
+            )
         ):
-            raise ValueError("an item needs text, image, vector, image_vector or text_vector")
+            raise ValueError(
+                "an item needs text, image, image_url, vector, image_vector or text_vector"
+            )
         return self
 
 

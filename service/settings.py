@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.url_guard import AllowList
+
 log = logging.getLogger("gapfix.service")
 
 VECTORS_MODE_MODELS = ("none", "")
@@ -42,6 +44,17 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_texts_per_request: int = Field(256, ge=1)
     max_images_per_request: int = Field(64, ge=1)
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="an image fetched by URL is cut off past this"
+    )
+    url_allow: str = Field(
+        "",
+        description="image URLs allowed although they resolve to a non-public address: "
+        "comma-separated host, host:port, *.domain, IP, IP:port or CIDR (see service/url_guard.py)",
+    )
+    url_fetch_concurrency: int = Field(8, ge=1, le=1024, description="image URL fetches at once")
+    url_timeout_s: float = Field(10.0, gt=0, le=300, description="URL connect and read timeout")
+    url_total_timeout_s: float = Field(30.0, gt=0, le=3600, description="one URL, all hops")
     max_queries_per_request: int = Field(1024, ge=1)
     max_k: int = Field(1000, ge=1, le=1000)
     model_cache: Path | None = Field(None, description="open_clip / Hugging Face cache dir")
@@ -62,6 +75,12 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, v: object) -> object:
         return v.strip() if isinstance(v, str) else v
+
+    @field_validator("url_allow")
+    @classmethod
+    def _check_allow(cls, v: str) -> str:
+        AllowList.parse(v)  # a bad entry stops start-up, naming it
+        return v
 
     @property
     def vectors_mode(self) -> bool:

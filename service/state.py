@@ -11,6 +11,7 @@ from anyio import to_thread
 
 from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
 from gapfix.store import NotFoundError, Store
+from service.fetching import ImageFetcher
 from service.search_batching import SearchBatcher
 from service.settings import Settings
 
@@ -28,6 +29,7 @@ class AppState:
     encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
     batcher: Any = None  # gapfix.encoders.MicroBatcher
     searcher: SearchBatcher = field(default_factory=SearchBatcher)
+    fetcher: ImageFetcher | None = None  # image URLs (any route): fetcher.fetch_images(...)
     started: bool = False
     stopping: bool = False
     started_at: float = field(default_factory=time.time)
@@ -64,6 +66,7 @@ class AppState:
             log.info("vectors mode (GAPFIX_MODEL=none): no model loaded; clients send vectors")
         else:
             await to_thread.run_sync(self._load_model)
+        self.fetcher = ImageFetcher(s)
         import faiss
 
         # Process-wide: merged query batches (e.g. 64 x 512) sit below FAISS's default BLAS
@@ -101,6 +104,9 @@ class AppState:
         self.stopping = True
         if self.batcher is not None:
             await self.batcher.aclose()
+        if self.fetcher is not None:
+            await self.fetcher.aclose()
+            self.fetcher = None
         if self.store is not None:
             await to_thread.run_sync(self.store.close)
         self.started = False

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from gapfix.errors import InputError
 from service.deps import StateDep, require_read
-from service.encoding import check_counts, decode_images, encode, require_model
+from service.encoding import check_counts, decode_images, decode_urls, encode, require_model
 from service.errors import ApiError, responses
 from service.media import load_images
 from service.routing import JSONRoute
@@ -28,6 +28,7 @@ _MULTIPART_SCHEMA = {
     "properties": {
         "texts": {"type": "array", "items": {"type": "string"}},
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "image_urls": {"type": "array", "items": {"type": "string"}},
         "corrected": {"type": "boolean", "default": False},
         "collection": {"type": "string"},
     },
@@ -71,12 +72,15 @@ async def _parse(request: Request) -> tuple[EmbedRequest, list[tuple[str, bytes]
             ) from None
         uploads: list[tuple[str, bytes]] = []
         texts: list[str] = []
+        urls: list[str] = []
         fields: dict[str, Any] = {}
         for key, value in form.multi_items():
             if key == "images" and isinstance(value, UploadFile):
                 uploads.append((f"images[{len(uploads)}]", await value.read()))
             elif key == "texts" and isinstance(value, str):
                 texts.append(value)
+            elif key == "image_urls" and isinstance(value, str):
+                urls.append(value)
             elif key in ("corrected", "collection") and isinstance(value, str):
                 fields[key] = value
             else:
@@ -85,7 +89,7 @@ async def _parse(request: Request) -> tuple[EmbedRequest, list[tuple[str, bytes]
         if "corrected" in fields:
             fields["corrected"] = fields["corrected"].strip().lower() in ("1", "true", "yes", "on")
         try:
-            return EmbedRequest(texts=texts, **fields), uploads
+            return EmbedRequest(texts=texts, image_urls=urls, **fields), uploads
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
     if ctype not in ("application/json", ""):
@@ -106,11 +110,14 @@ async def _parse(request: Request) -> tuple[EmbedRequest, list[tuple[str, bytes]
     responses=responses(400, 401, 404, 413, 415, 422),
 )
 async def embed(request: Request, state: StateDep) -> EmbedResponse:
-    """Embed with the server's model. JSON: ``{"texts": [...], "images": [base64...]}``;
-    multipart: repeated ``texts`` fields and ``images`` files. ``corrected: true`` applies the
-    active transform of ``collection``. Output vectors are L2-normalised float32."""
+    """Embed with the server's model. JSON: ``{"texts": [...], "images": [base64...],
+    "image_urls": [...]}``; multipart: repeated ``texts`` and ``image_urls`` fields and
+    ``images`` files. ``corrected: true`` applies the active transform of ``collection``.
+    Output vectors are L2-normalised float32; image vectors are in the order ``images`` (or
+    files), then ``image_urls``. A URL that is refused or cannot be fetched or decoded is a
+    400 naming it (``image_urls[i]``)."""
     req, uploads = await _parse(request)
-    n_images = len(req.images) + len(uploads)
+    n_images = len(req.images) + len(uploads) + len(req.image_urls)
     check_counts(state, len(req.texts), n_images)
     if not req.texts and not n_images:
         raise InputError("nothing to embed: give texts and/or images", param="texts")
@@ -129,6 +136,10 @@ async def embed(request: Request, state: StateDep) -> EmbedResponse:
         offset = len(req.images)
         blobs = [(f"images[{offset + i}]", data) for i, (_, data) in enumerate(uploads)]
         pils += await run_in_threadpool(load_images, blobs, state.settings.max_image_pixels)
+    fetched = await decode_urls(
+        state, [(f"image_urls[{i}]", u) for i, u in enumerate(req.image_urls)]
+    )
+    pils += [img for img, _ in fetched]
     tv, iv = await encode(state, req.texts, pils)
     dim = state.dim or 0
     tv = np.zeros((0, dim), np.float32) if tv is None else tv

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gapfix.store import ItemIn
 from service.deps import CollectionDep, StateDep, require_read, require_write
-from service.encoding import check_counts, decode_images, encode, require_model
+from service.encoding import check_counts, decode_images, decode_urls, encode, require_model
 from service.errors import ApiError, responses
 from service.routing import JSONRoute
 from service.schemas import Deleted, ItemInput, ItemList, ItemOut, ItemsAdd, ItemsAdded
@@ -24,22 +24,27 @@ router = APIRouter(
 async def build_items(state, items: list[ItemInput]) -> list[ItemIn]:
     """Request items -> store items: encode what has no vector, decode images for thumbnails."""
     texts: list[tuple[int, str]] = []
-    images: list[tuple[int, str]] = []
+    b64: list[tuple[int, str]] = []
+    urls: list[tuple[int, str]] = []
     for i, it in enumerate(items):
         has_text_vec = it.text_vector is not None or it.modality == "text"
         has_image_vec = it.image_vector is not None or it.modality == "image"
         if it.text is not None and not has_text_vec:
             texts.append((i, it.text))
-        if it.image is not None:
-            images.append((i, it.image))
-            if not has_image_vec:
-                require_model(state, f"items[{i}].image")
-    check_counts(state, len(texts), len(images), "items request")
+        for field, value, into in (("image", it.image, b64), ("image_url", it.image_url, urls)):
+            if value is not None:
+                into.append((i, value))
+                if not has_image_vec:
+                    require_model(state, f"items[{i}].{field}")
+    check_counts(state, len(texts), len(b64) + len(urls), "items request")
     if texts:
         require_model(state, f"items[{texts[0][0]}].text")
+    # every image is decoded (URLs fetched) before anything is encoded or written
     decoded = await decode_images(
-        state, [(f"items[{i}].image", data) for i, data in images], thumbnails=True
+        state, [(f"items[{i}].image", data) for i, data in b64], thumbnails=True
     )
+    decoded += await decode_urls(state, [(f"items[{i}].image_url", u) for i, u in urls], True)
+    images = b64 + urls
     to_encode = [
         (i, img)
         for (i, _), (img, _) in zip(images, decoded, strict=True)
