@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from gapfix.transforms import METHODS
 from gapfix.transforms.auto import OBJECTIVES
@@ -15,7 +15,7 @@ IndexKind = Literal["flat", "hnsw", "ivfpq"]
 Method = Literal[METHODS]  # type: ignore[valid-type]
 Objective = Literal[OBJECTIVES]  # type: ignore[valid-type]
 Vector = Annotated[
-    list[float],
+    list[Annotated[float, Strict()]],  # no booleans or numeric strings (JSON ints are fine)
     Field(min_length=1, max_length=65536, description="A raw embedding (any norm)."),
 ]
 CollectionName = Annotated[
@@ -50,6 +50,10 @@ _V = [0.12, -0.03, 0.4]  # short example vectors (real ones have the model's dim
 
 
 class _Model(BaseModel):
+    """Request models: unknown fields refused; numbers and booleans are strict (``Field(strict=
+    True)``): ``"10"``, ``true`` for a number, ``1`` or ``"true"`` for a boolean are 422s, while
+    a JSON integer stays a valid float."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -68,7 +72,9 @@ class EmbedRequest(_Model):
         description="Image URLs, fetched by the server; their vectors follow those of `images`.",
     )
     corrected: bool = Field(
-        False, description="Apply the active transform of `collection` (required then)."
+        False,
+        strict=True,
+        description="Apply the active transform of `collection` (required then).",
     )
     collection: CollectionName | None = Field(
         None, description="Collection whose transform corrects."
@@ -119,6 +125,7 @@ class CollectionCreate(_Model):
     )
     dim: int | None = Field(
         None,
+        strict=True,
         ge=1,
         le=65536,
         description="Embedding dimension (default: the model's; in vectors mode: the first "
@@ -177,7 +184,9 @@ class ItemInput(_Model):
     modality: Modality | None = Field(None, description="Modality of `vector`.")
     image_vector: Vector | None = None
     text_vector: Vector | None = None
-    weight: float = Field(0.5, ge=0, le=1, description="Image weight of a document's vector.")
+    weight: float = Field(
+        0.5, strict=True, ge=0, le=1, description="Image weight of a document's vector."
+    )
     metadata: Metadata = None
 
     @model_validator(mode="after")
@@ -216,7 +225,9 @@ class ItemsAdd(_Model):
         },
     )
     items: list[ItemInput] = Field(min_length=1)
-    upsert: bool = Field(False, description="Replace items whose id exists (else 409).")
+    upsert: bool = Field(
+        False, strict=True, description="Replace items whose id exists (else 409)."
+    )
 
 
 class ItemsAdded(BaseModel):
@@ -292,12 +303,16 @@ class SearchRequest(_Model):
     )
     query: Query | None = None
     queries: list[Query] | None = Field(None, min_length=1, description="A batch of queries.")
-    k: int = Field(10, ge=1, le=1000, description="Results per query.")
+    k: int = Field(10, strict=True, ge=1, le=1000, description="Results per query.")
     modalities: list[ItemModality] | None = Field(
         None, min_length=1, description="Item modalities to return (default: all)."
     )
-    corrected: bool = Field(True, description="false: search the raw (uncorrected) vectors.")
-    exclude_self: bool = Field(True, description="Id queries: leave the item itself out.")
+    corrected: bool = Field(
+        True, strict=True, description="false: search the raw (uncorrected) vectors."
+    )
+    exclude_self: bool = Field(
+        True, strict=True, description="Id queries: leave the item itself out."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> SearchRequest:
@@ -332,7 +347,11 @@ class TransformRequest(_Model):
     params: dict[str, Any] = Field(default_factory=dict, description="Method parameters.")
     objective: Objective | None = Field(None, description="auto's objective (default balanced).")
     wait_seconds: float | None = Field(
-        None, ge=0, le=60, description="Wait this long for 'active' (default: server setting)."
+        None,
+        strict=True,
+        ge=0,
+        le=60,
+        description="Wait this long for 'active' (default: server setting).",
     )
 
 

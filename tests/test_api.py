@@ -519,13 +519,15 @@ def test_protected_reads(tmp_path: Path) -> None:
             ("POST", "/v1/collections/c/search", {"query": {"id": "x"}}),
             ("POST", "/v1/embed", {"texts": ["a"]}),
             ("POST", "/v1/correct", {"modality": "text", "vectors": [[1.0]], "collection": "c"}),
+            ("GET", "/v1/info", None),
         ]:
             assert_error(client.request(method, path, json=body), 401, "unauthorized")
             r = client.request(method, path, json=body, headers=auth)
             assert r.status_code != 401, (path, r.text)
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 200
-        assert client.get("/v1/info").json()["auth"] == {"writes": True, "reads": True}
+        info = client.get("/v1/info", headers=auth).json()
+        assert info["auth"] == {"writes": True, "reads": True}
 
 
 def test_body_limit(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import typer
 from gapfix.cli._app import app, guarded
 
 APP_FACTORY = "service.app:create_app"
+HTTP_PROTOCOL = "service.http_protocol:HTTPProtocol"  # uvicorn's, its 400s in the JSON envelope
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
@@ -133,6 +134,7 @@ def serve(
     uvicorn.run(
         APP_FACTORY,
         factory=True,
+        http=HTTP_PROTOCOL,
         host=host,
         port=port,
         log_level=level,

@@ -29,6 +29,7 @@ SEQ_MASK = (1 << SEQ_BITS) - 1
 
 MAX_ID_CHARS = 256
 MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_DEPTH = 64  # nested objects/arrays; far deeper breaks JSON serialisation of hits
 MAX_THUMBNAIL_BYTES = 512 * 1024
 MAX_CAPTION_BYTES = 64 * 1024
 DEFAULT_WEIGHT = 0.5
@@ -209,12 +210,30 @@ def check_query_vectors(vectors: Any, dim: int | None, param: str = "vectors") -
     return normalize(q)
 
 
+def nesting_depth(value: Any) -> int:
+    """Levels of nested dicts/lists in a JSON value (a scalar is 0, ``{}`` is 1); iterative,
+    so any depth is measured without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def validate_batch(items: Sequence[ItemIn], dim: int | None) -> Batch:
     """Check a whole batch before anything is written; raise InputError naming the bad field.
 
     Checks: ids (valid, unique in the batch), at least one vector per item, 1-D finite non-zero
     vectors of one dimension (the collection's, when fixed), weight in [0, 1], metadata a
-    JSON object (finite numbers) of at most 64 KiB, thumbnail bytes of at most 512 KiB.
+    JSON object (finite numbers) of at most 64 KiB nesting at most 64 levels, thumbnail bytes of at most 512 KiB.
     """
     if isinstance(items, ItemIn):
         items = [items]
@@ -258,6 +277,11 @@ def validate_batch(items: Sequence[ItemIn], dim: int | None) -> Batch:
         meta = {} if it.metadata is None else it.metadata
         if not isinstance(meta, dict):
             raise InputError(f"{p}.metadata must be a JSON object", param=f"{p}.metadata")
+        if nesting_depth(meta) > MAX_METADATA_DEPTH:
+            raise InputError(
+                f"{p}.metadata nests deeper than {MAX_METADATA_DEPTH} levels of objects and arrays",
+                param=f"{p}.metadata",
+            )
         try:
             js = json.dumps(meta, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
             size = len(js.encode())  # UnicodeEncodeError (a ValueError): lone surrogates

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from gapfix import __version__
-from service.deps import StateDep
+from service.deps import StateDep, require_read
 from service.errors import error_response, responses
 from service.routing import JSONRoute
 from service.schemas import Health, Info, Ready
@@ -43,9 +43,16 @@ async def metrics() -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/info", response_model=Info, summary="Server capabilities")
+@router.get(
+    "/v1/info",
+    response_model=Info,
+    summary="Server capabilities",
+    dependencies=[Depends(require_read)],
+    responses=responses(401),
+)
 async def info(state: StateDep) -> Info:
-    """Model (null in vectors mode), dimension, whether keys are needed, request limits."""
+    """Model (null in vectors mode), dimension, whether keys are needed, request limits. Needs
+    a key when reads are protected (``GAPFIX_PROTECT_READS=true``), like every other read."""
     s = state.settings
     keys = bool(s.keys)
     return Info(
