@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -337,6 +338,42 @@ def test_the_connection_goes_to_the_checked_address(tmp_path: Path, server) -> N
     assert fetch(s, [f"http://images.test:{server.port}/host"], hook) == [RED]
     assert server.requests[-1] == ("/host", f"images.test:{server.port}")
     assert lookups == ["images.test"]
+
+
+def test_https_is_pinned_with_the_original_host_and_tls_name(tmp_path: Path) -> None:
+    """What a hop connects to, computed without connecting: the checked address in the URL,
+    the original Host header, and the host name for SNI and certificate checks."""
+    s = settings(tmp_path, url_allow="*.corp.test")
+
+    async def run() -> tuple:
+        f = ImageFetcher(s)
+
+        async def resolve(host: str, port: int, param: str, where: str):
+            return [ipaddress.ip_address("fd00::7"), ipaddress.ip_address("10.9.8.7")]
+
+        f.resolve = resolve  # type: ignore[method-assign]
+        try:
+            url = httpx.URL("https://img.corp.test:8443/a.png?x=1")
+            return await f._pin(url, "image_urls[0]", str(url))
+        finally:
+            await f.aclose()
+
+    target, headers, extensions = asyncio.run(run())
+    assert str(target) == "https://[fd00::7]:8443/a.png?x=1"
+    assert headers == {"Host": "img.corp.test:8443"}
+    assert extensions == {"sni_hostname": "img.corp.test"}
+
+
+def test_a_host_that_does_not_resolve_is_a_400(tmp_path: Path) -> None:
+    def hook(f: ImageFetcher) -> None:  # the system resolver fails: no DNS traffic here
+        async def getaddrinfo(*args: Any, **kw: Any) -> Any:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+        asyncio.get_running_loop().getaddrinfo = getaddrinfo  # type: ignore[method-assign]
+
+    msg = refused(settings(tmp_path), ["http://nowhere.test/x.png"], "image_urls[0]",
+                  fetcher_hook=hook)  # fmt: skip
+    assert "cannot resolve" in msg
 
 
 def test_names_resolving_to_private_addresses_are_refused(tmp_path: Path) -> None:
