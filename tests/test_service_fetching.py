@@ -497,3 +497,57 @@ def test_ingest_image_urls_all_or_nothing(client: TestClient, server, other) -> 
     both = {"id": "e", "image_url": f"{server.url}/red.png", "image": "AAAA"}
     r = client.post("/v1/collections/web/items", json={"items": [both]})
     assert r.status_code == 422 and "not both" in r.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_a_live_server_fetches_allowed_urls_and_refuses_others(
+    tmp_path: Path, server, other
+) -> None:
+    """``gapfix serve`` with the allow-list from the environment, as deployed."""
+    import base64
+    import os
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAPFIX_")}
+    env.update(GAPFIX_URL_ALLOW=f"127.0.0.1:{server.port}", GAPFIX_API_KEYS="k")
+    log = tmp_path / "serve.log"
+    gapfix = str(Path(sys.executable).parent / "gapfix")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [gapfix, "serve", "--model", "gapfix-tiny", "--pretrained", "none", "--data-dir",
+             str(tmp_path / "data"), "--port", str(port), "--log-level", "warning"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer k"}
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        with httpx.Client(base_url=base, headers=auth, timeout=60) as c:
+            inline = c.post("/v1/embed", json={"images": [base64.b64encode(BLUE).decode()]})
+            fetched = c.post("/v1/embed", json={"image_urls": [f"{server.url}/hops/1",
+                                                               f"{server.url}/blue.png"]})  # fmt: skip
+            assert fetched.status_code == 200, fetched.text
+            got, want = np.asarray(fetched.json()["images"]), np.asarray(inline.json()["images"])
+            assert np.allclose(got[1], want[0], atol=1e-6) and not np.allclose(got[0], got[1])
+            r = c.post("/v1/embed", json={"image_urls": [f"{other.url}/red.png"]})
+            err(r, 400, "image_urls[0]", "url_refused")
+            assert c.post("/v1/collections", json={"name": "p"}).status_code == 201
+            items = [{"id": "a", "image_url": f"{server.url}/red.png"},
+                     {"id": "b", "image_url": f"{server.url}/to/{other.port}/red.png"}]  # fmt: skip
+            err(c.post("/v1/collections/p/items", json={"items": items}), 400, "items[1].image_url")
+            assert c.get("/v1/collections/p").json()["count"] == 0
+            r = c.post("/v1/collections/p/items", json={"items": items[:1]})
+            assert r.status_code == 200 and c.get("/v1/collections/p").json()["count"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(30)
