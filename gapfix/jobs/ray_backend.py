@@ -371,6 +371,7 @@ def run_embed_ray(
 def _read_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     """map_batches (tasks): shard descriptors -> the rows of those shards, numbered."""
     from gapfix.jobs.shards import read_shard
+    from gapfix.jobs.sinks import sink_keys
 
     cols: dict[str, list[Any]] = {
         k: []
@@ -384,6 +385,7 @@ def _read_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
             "lead",
             "caption",
             "thumbnail",
+            "key",
         )
     }
     embs = []
@@ -401,10 +403,12 @@ def _read_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
                 ("lead", False),
                 ("caption", ""),
                 ("thumbnail", b""),
+                ("key", ""),
             ):
                 cols[k].append(v)
             embs.append(None)
             continue
+        keys = sink_keys(data.ids, data.modalities)
         for i in range(n):
             for k, v in (
                 ("shard", int(shard)),
@@ -416,6 +420,7 @@ def _read_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
                 ("lead", True),
                 ("caption", data.captions[i] or ""),
                 ("thumbnail", data.thumbnails[i] or b""),
+                ("key", keys[i]),
             ):
                 cols[k].append(v)
         embs.append(data.embeddings)
@@ -431,22 +436,62 @@ def _read_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 class _CorrectActor:
-    """map_batches callable class: loads the transform once per actor, corrects rows."""
+    """map_batches callable class: loads the transform once per actor, corrects rows; with a
+    sink, also upserts them (each block writes its own batches) and returns only the row
+    outcomes (refused rows carry a ``reason``), not the vectors."""
 
-    def __init__(self, transform_path: str) -> None:
+    def __init__(self, transform_path: str, sink: str | None = None, batch: int = 0) -> None:
         from gapfix import load_transform
 
         self.transform = load_transform(transform_path)
+        self.sink = None
+        self.batch = batch
+        if sink is not None:
+            from gapfix.jobs.sinks import open_sink
+
+            self.sink = open_sink(sink)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         emb = np.array(batch["embedding"], dtype=np.float32)
+        raw = emb.copy() if self.sink is not None else None
         for modality in ("image", "text"):
             rows = np.flatnonzero(batch["slot"] == modality)
             if rows.size:
                 emb[rows] = self.transform.transform(emb[rows], modality)
         out = dict(batch)
         out["embedding"] = emb
+        if self.sink is not None and raw is not None:
+            out.update(self._write(batch, raw, emb))
         return out
+
+    def _write(
+        self, batch: dict[str, np.ndarray], raw: np.ndarray, emb: np.ndarray
+    ) -> dict[str, Any]:
+        from gapfix.jobs.sinks import SinkRows
+
+        assert self.sink is not None
+        rows = np.flatnonzero(batch["slot"] != "empty")
+        keys = [str(batch["key"][i]) for i in rows]
+        data = SinkRows(
+            keys=keys,
+            modalities=[str(batch["slot"][i]) for i in rows],
+            metadata=[str(batch["metadata"][i]) for i in rows],
+            raw=raw[rows],
+            corrected=emb[rows],
+        )
+        refused = {f.id: f.reason for f in self.sink.write(data, batch=self.batch)}
+        n = len(batch["slot"])
+        reason = np.full(n, "", dtype=object)
+        ids = np.array(batch["id"], dtype=object)  # failures name the row's key, as locally
+        for i, k in zip(rows, keys, strict=True):
+            if k in refused:
+                reason[i], ids[i] = refused[k], k
+        return {
+            "reason": reason,
+            "id": ids,
+            "source": np.full(n, self.sink.spec.display, dtype=object),
+            "embedding": np.zeros((n, 1), np.float32),  # the vectors are in the sink
+        }
 
 
 def run_correct_ray(
@@ -458,8 +503,11 @@ def run_correct_ray(
     on_result: Callable[[ShardResult], None],
     progress: Progress,
     batch_rows: int = 4096,
+    sink: str | None = None,
+    sink_batch: int = 1000,
 ) -> None:
-    """Correct the given ``(index, parquet path)`` shards on Ray Data."""
+    """Correct the given ``(index, parquet path)`` shards on Ray Data; with ``sink`` (a URI),
+    the actors upsert the rows and only their outcomes come back."""
     import ray.data
 
     init_ray(address)
@@ -469,7 +517,7 @@ def run_correct_ray(
     ds = ds.map_batches(_read_rows, batch_size=1, num_cpus=1)
     ds = ds.map_batches(
         _CorrectActor,
-        fn_constructor_kwargs={"transform_path": transform_path},
+        fn_constructor_kwargs={"transform_path": transform_path, "sink": sink, "batch": sink_batch},
         compute=ray.data.ActorPoolStrategy(size=workers or 1),
         batch_size=batch_rows,
         num_cpus=1,
