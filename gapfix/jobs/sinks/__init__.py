@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -153,8 +154,12 @@ class Sink:
         schema (InputError naming the field). Returns "created" or "exists"."""
         raise NotImplementedError
 
-    def _upsert(self, rows: SinkRows) -> None:
-        """Upsert all rows in one request; raise on refusal (see `_refused`)."""
+    def _payload(self, rows: SinkRows) -> Any:
+        """The request body of an upsert of ``rows`` (the client's row objects)."""
+        raise NotImplementedError
+
+    def _send(self, payload: Any) -> None:
+        """Upsert one payload in one request; raise on refusal (see `_refused`)."""
         raise NotImplementedError
 
     def _refused(self, exc: Exception) -> bool:
@@ -169,20 +174,52 @@ class Sink:
         """Release the client."""
 
     def write(self, rows: SinkRows, shard: int = -1, batch: int = SINK_BATCH) -> list[Failure]:
-        """Upsert ``rows`` in batches; returns the rows the database refused as failures."""
+        """Upsert ``rows`` in batches; returns the rows the database refused as failures.
+
+        One request is in flight while the next batch's payload is built (the client waits on
+        the server with the GIL released). A refused batch is split until the refused rows are
+        isolated; the others still go in.
+        """
         failures: list[Failure] = []
-        for start in range(0, len(rows), batch):
-            self._write_part(rows.take(slice(start, start + batch)), shard, failures)
+        parts = [rows.take(slice(s, s + batch)) for s in range(0, len(rows), batch)]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gapfix-sink") as pool:
+            inflight: tuple[SinkRows, Future[None]] | None = None
+            for part in parts:
+                payload = self._build(part, shard, failures)
+                if inflight is not None:
+                    self._settle(*inflight, shard, failures)
+                inflight = (part, pool.submit(self._send, payload)) if payload is not None else None
+            if inflight is not None:
+                self._settle(*inflight, shard, failures)
         return failures
 
-    def _write_part(self, rows: SinkRows, shard: int, failures: list[Failure]) -> None:
+    def _build(self, rows: SinkRows, shard: int, failures: list[Failure]) -> Any:
         try:
-            self._upsert(rows)
-            return
+            return self._payload(rows)
+        except (ValueError, TypeError):  # a row the client cannot express: isolate it
+            self._isolate(rows, shard, failures)
+            return None
+
+    def _settle(
+        self, rows: SinkRows, done: Future[None], shard: int, failures: list[Failure]
+    ) -> None:
+        try:
+            done.result()
         except Exception as exc:
-            if not self._refused(exc):
-                raise SinkUnavailable(f"{self.spec.display}: {_one_line(exc)}") from exc
-            if len(rows) == 1:
+            self._check(exc)
+            self._isolate(rows, shard, failures)
+
+    def _check(self, exc: Exception) -> None:
+        if not self._refused(exc):
+            raise SinkUnavailable(f"{self.spec.display}: {_one_line(exc)}") from exc
+
+    def _isolate(self, rows: SinkRows, shard: int, failures: list[Failure]) -> None:
+        """Upsert ``rows`` (known to hold a refused row) by halves, down to single rows."""
+        if len(rows) == 1:
+            try:
+                self._send(self._payload(rows))
+            except Exception as exc:
+                self._check(exc)
                 failures.append(
                     Failure(
                         id=rows.keys[0],
@@ -192,10 +229,14 @@ class Sink:
                         shard=shard,
                     )
                 )
-                return
-        half = len(rows) // 2  # isolate the refused rows; the others still go in
-        self._write_part(rows.take(slice(0, half)), shard, failures)
-        self._write_part(rows.take(slice(half, None)), shard, failures)
+            return
+        half = len(rows) // 2
+        for part in (rows.take(slice(0, half)), rows.take(slice(half, None))):
+            try:
+                self._send(self._payload(part))
+            except Exception as exc:
+                self._check(exc)
+                self._isolate(part, shard, failures)
 
 
 def _one_line(exc: Exception) -> str:

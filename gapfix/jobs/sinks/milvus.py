@@ -115,9 +115,9 @@ class MilvusSink(Sink):
             param="sink",
         )
 
-    def _upsert(self, rows: SinkRows) -> None:
+    def _payload(self, rows: SinkRows) -> list[dict[str, Any]]:
         raw, corrected = rows.raw.tolist(), rows.corrected.tolist()
-        data = [
+        return [
             {
                 "id": rows.keys[i],
                 "modality": rows.modalities[i],
@@ -127,7 +127,9 @@ class MilvusSink(Sink):
             }
             for i in range(len(rows))
         ]
-        self.client.upsert(self.spec.collection, data, timeout=self.timeout)
+
+    def _send(self, payload: list[dict[str, Any]]) -> None:
+        self.client.upsert(self.spec.collection, payload, timeout=self.timeout)
 
     def _refused(self, exc: Exception) -> bool:
         from pymilvus.exceptions import (

@@ -86,11 +86,11 @@ class QdrantSink(Sink):
                     param="sink",
                 )
 
-    def _upsert(self, rows: SinkRows) -> None:
+    def _payload(self, rows: SinkRows) -> list[Any]:
         from qdrant_client import models
 
         raw, corrected = rows.raw.tolist(), rows.corrected.tolist()
-        points = [
+        return [
             models.PointStruct(
                 id=point_id(rows.keys[i]),
                 vector={"raw": raw[i], "corrected": corrected[i]},
@@ -102,7 +102,9 @@ class QdrantSink(Sink):
             )
             for i in range(len(rows))
         ]
-        self.client.upsert(self.spec.collection, points=points, wait=True)
+
+    def _send(self, payload: list[Any]) -> None:
+        self.client.upsert(self.spec.collection, points=payload, wait=True)
 
     def _refused(self, exc: Exception) -> bool:
         from qdrant_client.http.exceptions import UnexpectedResponse
