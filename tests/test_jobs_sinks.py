@@ -371,3 +371,12 @@ def test_qdrant_local_with_ray_is_refused(job, tmp_path):
         run_correct(job["manifest"], job["transform"], tmp_path / "o", ray="local",
                     sink=f"qdrant+local://{tmp_path}/q/c", log=_quiet)  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_client_package_is_a_one_line_input_error(job, tmp_path, monkeypatch):
+    from gapfix.jobs.sinks import open_sink
+
+    monkeypatch.delitem(sys.modules, "gapfix.jobs.sinks.qdrant", raising=False)
+    monkeypatch.setitem(sys.modules, "qdrant_client", None)  # as if not installed
+    with pytest.raises(InputError, match=re.escape("pip install 'gapfix[qdrant]'")):
+        open_sink(f"qdrant+local://{tmp_path}/q/c")

@@ -211,7 +211,7 @@ class Sink:
 
     def _check(self, exc: Exception) -> None:
         if not self._refused(exc):
-            raise SinkUnavailable(f"{self.spec.display}: {_one_line(exc)}") from exc
+            raise SinkUnavailable(f"{self.spec.display}: {one_line(exc)}") from exc
 
     def _isolate(self, rows: SinkRows, shard: int, failures: list[Failure]) -> None:
         """Upsert ``rows`` (known to hold a refused row) by halves, down to single rows."""
@@ -224,7 +224,7 @@ class Sink:
                     Failure(
                         id=rows.keys[0],
                         source=self.spec.display,
-                        reason=f"refused by the database: {_one_line(exc)}",
+                        reason=f"refused by the database: {one_line(exc)}",
                         modality=rows.modalities[0],
                         shard=shard,
                     )
@@ -239,7 +239,7 @@ class Sink:
                 self._isolate(part, shard, failures)
 
 
-def _one_line(exc: Exception) -> str:
+def one_line(exc: Exception) -> str:
     text = " ".join(str(exc).split())
     return text[:500]
 
@@ -249,10 +249,16 @@ def open_sink(spec: SinkSpec | str, timeout: float = 30.0) -> Sink:
     if isinstance(spec, str):
         spec = parse_sink(spec)
     opener: Callable[[SinkSpec, float], Sink]
-    if spec.kind == "milvus":
-        from gapfix.jobs.sinks.milvus import MilvusSink as opener
-    else:
-        from gapfix.jobs.sinks.qdrant import QdrantSink as opener
+    try:
+        if spec.kind == "milvus":
+            from gapfix.jobs.sinks.milvus import MilvusSink as opener
+        else:
+            from gapfix.jobs.sinks.qdrant import QdrantSink as opener
+    except ImportError as exc:
+        raise InputError(
+            f"--sink {spec.scheme}:// needs {exc.name}: pip install 'gapfix[{spec.kind}]'",
+            param="sink",
+        ) from None
     return opener(spec, timeout)
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import ConnectError, MilvusException, MilvusUnavailableException
+
 from gapfix.errors import InputError
-from gapfix.jobs.sinks import Sink, SinkRows, SinkSpec, SinkUnavailable, _one_line
+from gapfix.jobs.sinks import Sink, SinkRows, SinkSpec, SinkUnavailable, one_line
 
 ID_MAX_LENGTH = 1024
 MODALITY_MAX_LENGTH = 16
@@ -28,8 +31,6 @@ class MilvusSink(Sink):
     """Upserts rows into one Milvus collection."""
 
     def __init__(self, spec: SinkSpec, timeout: float = 30.0) -> None:
-        from pymilvus import MilvusClient
-
         _quiet_pymilvus()
         self.spec = spec
         self.timeout = timeout
@@ -43,7 +44,7 @@ class MilvusSink(Sink):
             )
         except Exception as exc:
             raise SinkUnavailable(
-                f"cannot connect to Milvus at {spec.display}: {_one_line(exc)}"
+                f"cannot connect to Milvus at {spec.display}: {one_line(exc)}"
             ) from None
 
     def prepare(self, dim: int) -> str:
@@ -59,12 +60,10 @@ class MilvusSink(Sink):
         except InputError:
             raise
         except Exception as exc:
-            raise SinkUnavailable(f"{self.spec.display}: {_one_line(exc)}") from None
+            raise SinkUnavailable(f"{self.spec.display}: {one_line(exc)}") from None
         return "created"
 
     def _schema(self, dim: int) -> Any:
-        from pymilvus import DataType, MilvusClient
-
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX_LENGTH)
         schema.add_field("modality", DataType.VARCHAR, max_length=MODALITY_MAX_LENGTH)
@@ -81,8 +80,6 @@ class MilvusSink(Sink):
 
     def _check_schema(self, desc: dict[str, Any], dim: int) -> None:
         """InputError naming the first field that differs from the sink schema."""
-        from pymilvus import DataType
-
         fields = {f["name"]: f for f in desc.get("fields", [])}
         want = {
             "id": DataType.VARCHAR,
@@ -132,12 +129,6 @@ class MilvusSink(Sink):
         self.client.upsert(self.spec.collection, payload, timeout=self.timeout)
 
     def _refused(self, exc: Exception) -> bool:
-        from pymilvus.exceptions import (
-            ConnectError,
-            MilvusException,
-            MilvusUnavailableException,
-        )
-
         if isinstance(exc, ConnectError | MilvusUnavailableException):
             return False
         if isinstance(exc, MilvusException):

@@ -10,8 +10,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
+
 from gapfix.errors import InputError
-from gapfix.jobs.sinks import Sink, SinkRows, SinkSpec, SinkUnavailable, _one_line
+from gapfix.jobs.sinks import Sink, SinkRows, SinkSpec, SinkUnavailable, one_line
 
 KEY_NAMESPACE = uuid.UUID("6f1c3a52-6b1e-5c0e-9d7a-67617066697a")  # fixed: ids stay stable
 
@@ -25,8 +28,6 @@ class QdrantSink(Sink):
     """Upserts rows into one Qdrant collection."""
 
     def __init__(self, spec: SinkSpec, timeout: float = 30.0) -> None:
-        from qdrant_client import QdrantClient
-
         self.spec = spec
         try:
             if spec.scheme == "qdrant+local":
@@ -42,12 +43,10 @@ class QdrantSink(Sink):
                 self.client.get_collections()  # fail now if it cannot be reached
         except Exception as exc:
             raise SinkUnavailable(
-                f"cannot open Qdrant at {spec.display}: {_one_line(exc)}"
+                f"cannot open Qdrant at {spec.display}: {one_line(exc)}"
             ) from None
 
     def prepare(self, dim: int) -> str:
-        from qdrant_client import models
-
         name = self.spec.collection
         try:
             if self.client.collection_exists(name):
@@ -58,7 +57,7 @@ class QdrantSink(Sink):
         except InputError:
             raise
         except Exception as exc:
-            raise SinkUnavailable(f"{self.spec.display}: {_one_line(exc)}") from None
+            raise SinkUnavailable(f"{self.spec.display}: {one_line(exc)}") from None
         return "created"
 
     def _check_schema(self, info: Any, dim: int) -> None:
@@ -87,8 +86,6 @@ class QdrantSink(Sink):
                 )
 
     def _payload(self, rows: SinkRows) -> list[Any]:
-        from qdrant_client import models
-
         raw, corrected = rows.raw.tolist(), rows.corrected.tolist()
         return [
             models.PointStruct(
@@ -107,8 +104,6 @@ class QdrantSink(Sink):
         self.client.upsert(self.spec.collection, points=payload, wait=True)
 
     def _refused(self, exc: Exception) -> bool:
-        from qdrant_client.http.exceptions import UnexpectedResponse
-
         if isinstance(exc, UnexpectedResponse):  # the server answered: 4xx is about the data
             return 400 <= exc.status_code < 500 and exc.status_code not in (401, 403, 404)
         return isinstance(exc, ValueError | TypeError)  # local mode / client-side validation
