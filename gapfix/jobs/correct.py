@@ -13,6 +13,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,29 +175,35 @@ def run_correct(
             raise
         log(f"correct: sink {spec.display}: collection {state}; job folder {out}")
         job = SinkJob(out, spec=spec, **job_kw)
+    run = _Run(transform, str(transform_path), target, sink, sink_batch, ray, workers, dim,
+               progress_mode, log_interval, log)  # fmt: skip
     try:
-        return _run(job, src, transform, transform_path, target, sink, sink_batch, ray, workers,
-                    dim, progress_mode, log_interval, log)  # fmt: skip
+        return _run(job, src, run)
     finally:
         if target is not None:
             target.close()
 
 
-def _run(
-    job: ShardJob,
-    src: dict[str, Any],
-    transform: Any,
-    transform_path: str | Path,
-    target: Sink | None,
-    sink: str | None,
-    sink_batch: int,
-    ray: str | None,
-    workers: int | None,
-    dim: int,
-    progress_mode: str,
-    log_interval: float,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Run:
+    """What `_run` needs besides the job and its input (checked by `run_correct`)."""
+
+    transform: Any
+    transform_path: str
+    target: Sink | None  # an open sink, or None: parquet shards
+    sink: str | None  # its URI (Ray actors open their own client)
+    sink_batch: int
+    ray: str | None
+    workers: int | None
+    dim: int
+    progress_mode: str
+    log_interval: float
+    log: Callable[[str], None]
+
+
+def _run(job: ShardJob, src: dict[str, Any], run: _Run) -> dict[str, Any]:
+    """Correct the pending shards of ``job`` (parquet or sink) and summarise."""
+    log, target = run.log, run.target
     src_recs = {r["index"]: r for r in src["shards"]}
     pending = job.open()
     skipped = len(src_recs) - len(pending)
@@ -205,7 +212,7 @@ def _run(
     remaining = sum(
         int(src_recs[i]["rows"]["image"] + src_recs[i]["rows"]["text"]) for i in pending
     )
-    progress = Progress("correct", remaining, mode=progress_mode, interval=log_interval)
+    progress = Progress("correct", remaining, mode=run.progress_mode, interval=run.log_interval)
     counts = {"image": 0, "text": 0, "items": 0, "failures": 0, "shards": 0}
     t0 = time.monotonic()
 
@@ -216,7 +223,7 @@ def _run(
         raw = raws.pop(res.index, None)
         if target is not None and raw is not None:  # local: upsert here, off the reading thread
             rows = sink_rows(raw, res.data)
-            res.failures = target.write(rows, shard=res.index, batch=sink_batch)
+            res.failures = target.write(rows, shard=res.index, batch=run.sink_batch)
             res.data = accepted(raw, {f.id for f in res.failures}, rows.keys)
             progress.update(0, len(res.failures))
         job.commit(res)
@@ -231,7 +238,7 @@ def _run(
         for idx in pending:
             t = time.monotonic()
             data = read_shard(shard_file(src, src_recs[idx]))
-            fixed = correct_shard(data, transform)
+            fixed = correct_shard(data, run.transform)
             if target is not None:
                 raws[idx] = data
             on_result(ShardResult(idx, fixed, [], len(data), time.monotonic() - t))
@@ -242,13 +249,13 @@ def _run(
 
         shards = [(i, str(shard_file(src, src_recs[i]))) for i in pending]
         run_correct_ray(
-            ray or "local", shards, str(transform_path), workers, dim, on_result, progress,
-            sink=sink, sink_batch=sink_batch,
+            run.ray or "local", shards, run.transform_path, run.workers, run.dim, on_result,
+            progress, sink=run.sink, sink_batch=run.sink_batch,
         )  # fmt: skip
 
     try:
         if pending:
-            run_with_writer(produce_ray if ray else produce_local, commit)
+            run_with_writer(produce_ray if run.ray else produce_local, commit)
     finally:
         progress.close()
         job.finish()
