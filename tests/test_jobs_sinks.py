@@ -380,3 +380,33 @@ def test_a_missing_client_package_is_a_one_line_input_error(job, tmp_path, monke
     monkeypatch.setitem(sys.modules, "qdrant_client", None)  # as if not installed
     with pytest.raises(InputError, match=re.escape("pip install 'gapfix[qdrant]'")):
         open_sink(f"qdrant+local://{tmp_path}/q/c")
+
+
+def test_milvus_down_mid_job_stops_it_without_failures_and_a_rerun_finishes(
+    job, milvus_uri, tmp_path, monkeypatch
+):
+    from pymilvus.exceptions import MilvusException
+
+    from gapfix.jobs.sinks.milvus import MilvusSink
+
+    sink, out = _milvus(milvus_uri, "outage"), tmp_path / "job"
+    send, calls = MilvusSink._send, []
+
+    def flaky(self, payload):
+        calls.append(len(payload))
+        if len(calls) > 3:  # what pymilvus raises when the server has gone away
+            raise MilvusException(code=2, message="Fail connecting to server")
+        return send(self, payload)
+
+    monkeypatch.setattr(MilvusSink, "_send", flaky)
+    with pytest.raises(SinkUnavailable, match="Fail connecting to server"):
+        run_correct(job["manifest"], job["transform"], out, sink=sink, sink_batch=50, log=_quiet)
+    m = read_manifest(out)
+    assert 0 < len(m["shards"]) < 5 and m["totals"]["failures"] == 0  # an outage is no refusal
+    assert read_failures(out) == []
+    monkeypatch.setattr(MilvusSink, "_send", send)
+    again = run_correct(job["manifest"], job["transform"], out, sink=sink, log=_quiet)
+    assert again["complete"] and again["shards_skipped"] == len(m["shards"])
+    assert again["totals"]["rows"] == 500 and again["totals"]["failures"] == 0
+    rows = _milvus_rows(milvus_uri, "outage", _keys(250))
+    assert rows["__count__"] == 500
