@@ -52,8 +52,7 @@ class MilvusSink(Sink):
         try:
             if self.client.has_collection(name):
                 self._check_schema(self.client.describe_collection(name), dim)
-                self.client.load_collection(name)
-                return "exists"
+                return "exists"  # upserts need no load: a released collection is fine
             self.client.create_collection(
                 name, schema=self._schema(dim), index_params=self._indexes()
             )
