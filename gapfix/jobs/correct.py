@@ -245,7 +245,7 @@ def _run(job: ShardJob, src: dict[str, Any], run: _Run) -> dict[str, Any]:
             progress.update(len(data))
 
     def produce_ray(on_result: Callable[[ShardResult], None]) -> None:
-        from gapfix.jobs.ray_backend import run_correct_ray
+        from gapfix.jobs.ray_correct import run_correct_ray
 
         shards = [(i, str(shard_file(src, src_recs[i]))) for i in pending]
         run_correct_ray(

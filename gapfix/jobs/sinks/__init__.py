@@ -33,7 +33,6 @@ from gapfix.jobs.failures import Failure
 
 SCHEMES = ("milvus", "milvus+https", "qdrant", "qdrant+https", "qdrant+local")
 SINK_BATCH = 1000  # rows per upsert request
-FIELDS = ("id", "modality", "metadata", "raw", "corrected")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
 
 
