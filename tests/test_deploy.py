@@ -616,7 +616,7 @@ def test_compose_milvus_profile_is_wired_together() -> None:
     assert "9091/healthz" in " ".join(milvus["healthcheck"]["test"])
     # gapfix on Milvus: the same image and settings, GAPFIX_STORE instead of a data volume
     app, on_milvus = services["gapfix"], services["gapfix-milvus"]
-    assert on_milvus["image"] == app["image"] and "build" not in on_milvus
+    assert on_milvus["image"] == app["image"] and on_milvus["build"] == app["build"]
     assert "command" not in on_milvus and "entrypoint" not in on_milvus
     assert set(on_milvus["environment"]) <= store_settings_names()
     assert on_milvus["environment"]["GAPFIX_STORE"] == "milvus://milvus:19530"
