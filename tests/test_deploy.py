@@ -48,7 +48,9 @@ PROMETHEUS_YML = COMPOSE_DIR / "prometheus.yml"
 GRAFANA_DIR = COMPOSE_DIR / "grafana"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "gapfix.json"
 DEPLOY_README = DEPLOY / "README.md"
-OVERLAYS = ("cpu", "gpu")
+OVERLAYS = ("cpu", "gpu")  # embedded store: one writer + read replicas
+MILVUS_OVERLAY = "milvus"  # Milvus store: stateless pods scaled by an HPA
+MILVUS_PROFILE = {"etcd", "minio", "milvus", "gapfix-milvus"}
 K8S_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())  # oldest supported, newest
 SERVICE_PORT = 8000
 
@@ -58,6 +60,12 @@ def settings_names() -> set[str]:
     from service.settings import Settings
 
     return {f"GAPFIX_{name.upper()}" for name in Settings.model_fields}
+
+
+def store_settings_names() -> set[str]:
+    """`settings_names` plus GAPFIX_STORE, the store setting of the Milvus backend (issue 12,
+    built alongside these deploy files; part of Settings once it lands)."""
+    return settings_names() | {"GAPFIX_STORE"}
 
 
 def _run(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -297,7 +305,9 @@ def test_deploy_readme_uses_the_image_command(dockerfile) -> None:
         exists = (ROOT / ref).exists() or (ROOT / f"{ref}.example").exists()
         assert exists, f"deploy/README.md refers to missing {ref}"
     for phrase in ("docker compose", "kubectl apply -k deploy/k8s/overlays/cpu",
-                   "kubectl apply -k deploy/k8s/overlays/gpu", "device plugin"):  # fmt: skip
+                   "kubectl apply -k deploy/k8s/overlays/gpu", "device plugin",
+                   "--profile milvus up", "kubectl apply -k deploy/k8s/overlays/milvus",
+                   "helm install", "zilliztech/milvus"):  # fmt: skip
         assert phrase in text, phrase
 
 
@@ -316,7 +326,7 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     shutil.copytree(K8S, tree, ignore=shutil.ignore_patterns("api-keys.env"))
     (tree / "base" / "api-keys.env").write_text("GAPFIX_API_KEYS=test-key-1,test-key-2\n")
     out = {}
-    for overlay in OVERLAYS:
+    for overlay in (*OVERLAYS, MILVUS_OVERLAY):
         proc = _kustomize(tree / "overlays" / overlay)
         assert proc.returncode == 0, proc.stderr
         out[overlay] = [d for d in yaml.safe_load_all(proc.stdout) if d]
@@ -472,6 +482,46 @@ def test_volume_snapshot_feeds_the_snapshot_claim(rendered) -> None:
     }  # fmt: skip
 
 
+def test_milvus_overlay_is_stateless_and_autoscaled(rendered, dockerfile) -> None:
+    docs = rendered[MILVUS_OVERLAY]
+    assert sorted(d["kind"] for d in docs) == sorted(
+        ["ConfigMap", "Secret", "Service", "Deployment", "HorizontalPodAutoscaler"]
+    )
+    for doc in docs:
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} vs {version}: {exc}")
+    assert "persistentVolumeClaim" not in json.dumps(docs), "no PVC: the data lives in Milvus"
+    (config,) = _by_kind(docs, "ConfigMap").values()
+    assert set(config["data"]) <= store_settings_names()
+    assert config["data"]["GAPFIX_STORE"] == "milvus://milvus.milvus.svc.cluster.local:19530"
+    (dep,) = _by_kind(docs, "Deployment").values()
+    assert "replicas" not in dep["spec"], "the HPA owns the replica count"
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }  # fmt: skip
+    c = _container(dep)
+    assert "command" not in c and c["image"].endswith("-cpu")
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["resources"]["requests"]["cpu"], "HPA utilisation needs a CPU request"
+    uid = int(dockerfile[1]["cpu"].args("USER")[0].split(":")[0])
+    assert dep["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert set(volumes[mounts[config["data"]["GAPFIX_DATA_DIR"]]]) == {"name", "emptyDir"}
+    (hpa,) = _by_kind(docs, "HorizontalPodAutoscaler").values()
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"],
+    }  # fmt: skip
+    assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    (svc,) = _by_kind(docs, "Service").values()
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert svc["spec"]["ports"][0]["targetPort"] == "http"
+
+
 def test_deploy_yaml_passes_yamllint() -> None:
     config = "{extends: default, rules: {line-length: {max: 110}, document-start: disable}}"
     proc = _run([sys.executable, "-m", "yamllint", "--strict", "-f", "parsable", "-d", config,
@@ -529,7 +579,7 @@ def test_compose_stack_is_wired_together(dockerfile) -> None:
     targets = [
         t for sc in prom["scrape_configs"] for g in sc["static_configs"] for t in g["targets"]
     ]
-    assert targets == [f"gapfix:{SERVICE_PORT}"]
+    assert targets == [f"gapfix:{SERVICE_PORT}", f"gapfix-milvus:{SERVICE_PORT}", "milvus:9091"]
     assert prom["scrape_configs"][0]["metrics_path"] == "/metrics"
     # Grafana: datasource points at the prometheus service, provider at the mounted dashboards.
     provisioning = mounts["./grafana/provisioning"]
@@ -543,6 +593,49 @@ def test_compose_stack_is_wired_together(dockerfile) -> None:
     dash = json.loads(DASHBOARD.read_text())
     uids = {t["datasource"]["uid"] for p in dash["panels"] for t in p.get("targets", [])}
     assert uids == {source["uid"]}
+
+
+def test_compose_milvus_profile_is_wired_together() -> None:
+    services = _compose()["services"]
+    profiled = {name for name, svc in services.items() if "profiles" in svc}
+    assert profiled == MILVUS_PROFILE
+    assert all(services[name]["profiles"] == ["milvus"] for name in profiled)
+    # Milvus' official images, as in Milvus' own standalone compose file
+    assert re.fullmatch(r"milvusdb/milvus:v2\.\d+\.\d+", services["milvus"]["image"])
+    assert services["etcd"]["image"].startswith("quay.io/coreos/etcd:v3.")
+    assert services["minio"]["image"].startswith("minio/minio:RELEASE.")
+    milvus = services["milvus"]
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    assert milvus["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert milvus["environment"]["MINIO_ADDRESS"] == "minio:9000"
+    assert "--data-dir=/etcd" in services["etcd"]["command"]
+    assert {v.split(":")[1] for v in services["etcd"]["volumes"]} == {"/etcd"}
+    for dep in ("etcd", "minio"):
+        assert milvus["depends_on"][dep] == {"condition": "service_healthy"}
+        assert services[dep]["healthcheck"]["test"][0] == "CMD"
+    assert "9091/healthz" in " ".join(milvus["healthcheck"]["test"])
+    # gapfix on Milvus: the same image and settings, GAPFIX_STORE instead of a data volume
+    app, on_milvus = services["gapfix"], services["gapfix-milvus"]
+    assert on_milvus["image"] == app["image"] and on_milvus["build"] == app["build"]
+    assert "command" not in on_milvus and "entrypoint" not in on_milvus
+    assert set(on_milvus["environment"]) <= store_settings_names()
+    assert on_milvus["environment"]["GAPFIX_STORE"] == "milvus://milvus:19530"
+    assert {k: v for k, v in on_milvus["environment"].items() if k != "GAPFIX_STORE"} == (
+        app["environment"]
+    )
+    assert [v.split(":")[1] for v in on_milvus["volumes"]] == ["/models"]
+    assert on_milvus["depends_on"]["milvus"] == {"condition": "service_healthy"}
+    ports = [p for svc in services.values() for p in svc.get("ports", [])]
+    assert all(p.startswith("127.0.0.1:") for p in ports), "loopback only"
+    assert len({p.split(":")[1] for p in ports}) == len(ports), "no host port twice"
+    # Prometheus scrapes gapfix on Milvus and Milvus' metrics port
+    prom = yaml.safe_load(PROMETHEUS_YML.read_text())
+    jobs = {sc["job_name"]: sc for sc in prom["scrape_configs"]}
+    assert jobs["milvus"]["static_configs"][0]["targets"] == ["milvus:9091"]
+    assert jobs["milvus"]["metrics_path"] == "/metrics"
+    assert jobs["gapfix-milvus"]["static_configs"][0]["targets"] == [
+        f"gapfix-milvus:{SERVICE_PORT}"
+    ]
 
 
 PROMETHEUS_SCHEMA = {

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from gapfix.cli._app import app, guarded
+from gapfix.jobs.sinks import SINK_BATCH
 
 index_app = typer.Typer(
     help="Build search collections from embedding shards.", no_args_is_help=True
@@ -85,18 +86,33 @@ def embed(
 def correct(
     manifest: Path = typer.Option(..., "--manifest", help="manifest.json of an embed job."),
     transform: Path = typer.Option(..., "--transform", help="Transform artifact (gapfix fit)."),
-    out: Path = typer.Option(..., "--out", help="Output folder for the corrected shards."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Output folder for the corrected shards; with --sink, for the job's manifest and "
+        "failures.jsonl (default: <input folder>/sinks/<sink>).",
+    ),
+    sink: str = typer.Option(
+        None,
+        "--sink",
+        help="Upsert raw and corrected vectors into a database instead of writing shards: "
+        "milvus://HOST:PORT/COLLECTION, qdrant://HOST:PORT/COLLECTION or "
+        "qdrant+local:///FOLDER/COLLECTION.",
+    ),
+    sink_batch: int = typer.Option(SINK_BATCH, "--sink-batch", help="Rows per upsert request."),
     ray: str = typer.Option(None, "--ray", help=_RAY_HELP),
     workers: int = typer.Option(None, "--workers", help="Transform actors on Ray (default 1)."),
     progress: str = typer.Option("auto", "--progress", help=_PROGRESS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
-    """Re-correct embedding shards with a transform (no re-encoding); resumable."""
+    """Re-correct embedding shards with a transform (no re-encoding), into new shards or a
+    Milvus/Qdrant collection; resumable."""
     from gapfix.jobs.correct import run_correct
 
     summary = run_correct(
-        manifest, transform, out, ray=ray, workers=workers, progress_mode=progress
-    )
+        manifest, transform, out, sink=sink, sink_batch=sink_batch, ray=ray, workers=workers,
+        progress_mode=progress,
+    )  # fmt: skip
     if as_json:
         _print_json(summary)
 

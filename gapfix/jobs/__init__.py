@@ -4,7 +4,8 @@
   ``shards/part-NNNNN.parquet`` (id, modality, embedding, metadata, caption, thumbnail) +
   ``manifest.json`` +
   ``failures.jsonl``; single machine (DataLoader workers) or Ray Data (``ray=...``).
-- `run_correct` (``gapfix correct``): apply a transform artifact to every shard.
+- `run_correct` (``gapfix correct``): apply a transform artifact to every shard, into new
+  shards or (``sink=URI``) upserted into a Milvus or Qdrant collection (`gapfix.jobs.sinks`).
 - `build_index` (``gapfix index build``): shards -> a store collection ``gapfix serve`` serves.
 - `read_manifest`, `iter_embedding_blocks`, `iter_paired_blocks`: stream shards for fitting.
 """

@@ -2,6 +2,9 @@
 
 Output shard *i* holds the rows of input shard *i* with corrected embeddings (same ids, order,
 modalities and metadata); the output manifest records the transform. Resumable like embed.
+With ``sink=URI`` the rows (raw and corrected vectors) are upserted into a Milvus or Qdrant
+collection instead (`gapfix.jobs.sinks`); the output folder then keeps only the manifest and
+``failures.jsonl`` (rows the database refused).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import hashlib
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,8 @@ from gapfix.jobs.manifest import MODALITIES, read_manifest, require_complete, sh
 from gapfix.jobs.progress import Progress, check_mode
 from gapfix.jobs.runner import ShardJob, ShardResult, run_with_writer, summarize
 from gapfix.jobs.shards import ShardData, read_shard, shard_row_counts
+from gapfix.jobs.sinks import SINK_BATCH, Sink, open_sink, parse_sink
+from gapfix.jobs.sinks.job import SinkJob, accepted, default_job_dir, sink_rows
 
 
 def _stderr(msg: str) -> None:
@@ -89,18 +95,31 @@ def correct_shard(data: ShardData, transform: Any) -> ShardData:
 def run_correct(
     manifest: str | Path,
     transform_path: str | Path,
-    out: str | Path,
+    out: str | Path | None,
     *,
+    sink: str | None = None,
+    sink_batch: int = SINK_BATCH,
     ray: str | None = None,
     workers: int | None = None,
     progress_mode: str = "auto",
     log_interval: float = 10.0,
     log: Callable[[str], None] = _stderr,
 ) -> dict[str, Any]:
-    """Write corrected copies of the shards of ``manifest`` under ``out``; returns a summary."""
+    """Write corrected copies of the shards of ``manifest`` under ``out`` (or upsert them into
+    ``sink``, keeping the job's manifest in ``out``); returns a summary."""
     from gapfix import load_transform
 
     check_mode(progress_mode)
+    spec = parse_sink(sink) if sink is not None else None
+    if spec is None and out is None:
+        raise InputError("--out or --sink is required", param="out")
+    if spec is not None and ray and spec.scheme == "qdrant+local":
+        raise InputError(
+            "--sink qdrant+local:// is one process's folder; with --ray use a Qdrant server",
+            param="sink",
+        )
+    if sink_batch < 1:
+        raise InputError(f"--sink-batch must be >= 1, got {sink_batch}", param="sink_batch")
     src = read_manifest(manifest)
     require_complete(src, manifest)
     transform = load_transform(transform_path)
@@ -119,6 +138,9 @@ def run_correct(
             f"the shards come from {model['id']!r}",
             param="transform",
         )
+    if out is None:
+        assert spec is not None
+        out = default_job_dir(src["root"], spec)
     if Path(out).resolve() == Path(src["root"]).resolve():
         raise InputError("--out must differ from the input shards' folder", param="out")
     check_shards(src, manifest)
@@ -128,7 +150,6 @@ def run_correct(
         "method": transform.method,
         "summary": transform.to_summary(),
     }
-    src_recs = {r["index"]: r for r in src["shards"]}
     input_info = {
         "kind": "shards",
         "path": str(Path(src["root"]) / "manifest.json"),
@@ -138,15 +159,52 @@ def run_correct(
         "total_items": int(src["totals"]["rows"]),
         "source_model": model,
     }
-    job = ShardJob(
-        out,
-        kind="correct",
-        model=model,
-        dim=dim,
-        input_info=input_info,
-        transform=transform_info,
+    job_kw: dict[str, Any] = dict(
+        kind="correct", model=model, dim=dim, input_info=input_info, transform=transform_info,
         log=log,
-    )
+    )  # fmt: skip
+    target = None
+    if spec is None:
+        job: ShardJob = ShardJob(out, **job_kw)
+    else:
+        target = open_sink(spec)
+        try:
+            state = target.prepare(dim)
+        except BaseException:
+            target.close()
+            raise
+        log(f"correct: sink {spec.display}: collection {state}; job folder {out}")
+        job = SinkJob(out, spec=spec, **job_kw)
+    run = _Run(transform, str(transform_path), target, sink, sink_batch, ray, workers, dim,
+               progress_mode, log_interval, log)  # fmt: skip
+    try:
+        return _run(job, src, run)
+    finally:
+        if target is not None:
+            target.close()
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What `_run` needs besides the job and its input (checked by `run_correct`)."""
+
+    transform: Any
+    transform_path: str
+    target: Sink | None  # an open sink, or None: parquet shards
+    sink: str | None  # its URI (Ray actors open their own client)
+    sink_batch: int
+    ray: str | None
+    workers: int | None
+    dim: int
+    progress_mode: str
+    log_interval: float
+    log: Callable[[str], None]
+
+
+def _run(job: ShardJob, src: dict[str, Any], run: _Run) -> dict[str, Any]:
+    """Correct the pending shards of ``job`` (parquet or sink) and summarise."""
+    log, target = run.log, run.target
+    src_recs = {r["index"]: r for r in src["shards"]}
     pending = job.open()
     skipped = len(src_recs) - len(pending)
     if skipped:
@@ -154,13 +212,22 @@ def run_correct(
     remaining = sum(
         int(src_recs[i]["rows"]["image"] + src_recs[i]["rows"]["text"]) for i in pending
     )
-    progress = Progress("correct", remaining, mode=progress_mode, interval=log_interval)
+    progress = Progress("correct", remaining, mode=run.progress_mode, interval=run.log_interval)
     counts = {"image": 0, "text": 0, "items": 0, "failures": 0, "shards": 0}
     t0 = time.monotonic()
 
+    raws: dict[int, ShardData] = {}  # local sink runs: the input rows, until written
+
     def commit(res: ShardResult) -> None:
         res.items = int(src_recs[res.index].get("items", len(res.data)))
+        raw = raws.pop(res.index, None)
+        if target is not None and raw is not None:  # local: upsert here, off the reading thread
+            rows = sink_rows(raw, res.data)
+            res.failures = target.write(rows, shard=res.index, batch=run.sink_batch)
+            res.data = accepted(raw, {f.id for f in res.failures}, rows.keys)
+            progress.update(0, len(res.failures))
         job.commit(res)
+        counts["failures"] += len(res.failures)
         c = res.data.counts()
         counts["image"] += c["image"]
         counts["text"] += c["text"]
@@ -171,21 +238,24 @@ def run_correct(
         for idx in pending:
             t = time.monotonic()
             data = read_shard(shard_file(src, src_recs[idx]))
-            fixed = correct_shard(data, transform)
+            fixed = correct_shard(data, run.transform)
+            if target is not None:
+                raws[idx] = data
             on_result(ShardResult(idx, fixed, [], len(data), time.monotonic() - t))
             progress.update(len(data))
 
     def produce_ray(on_result: Callable[[ShardResult], None]) -> None:
-        from gapfix.jobs.ray_backend import run_correct_ray
+        from gapfix.jobs.ray_correct import run_correct_ray
 
         shards = [(i, str(shard_file(src, src_recs[i]))) for i in pending]
         run_correct_ray(
-            ray or "local", shards, str(transform_path), workers, dim, on_result, progress
-        )
+            run.ray or "local", shards, run.transform_path, run.workers, run.dim, on_result,
+            progress, sink=run.sink, sink_batch=run.sink_batch,
+        )  # fmt: skip
 
     try:
         if pending:
-            run_with_writer(produce_ray if ray else produce_local, commit)
+            run_with_writer(produce_ray if run.ray else produce_local, commit)
     finally:
         progress.close()
         job.finish()

@@ -5,7 +5,8 @@ Embed pipeline: pending shard descriptors -> ``flat_map`` (list each shard's ite
 callable class (the model, one copy per actor, ``num_gpus=1`` each where the cluster has GPUs)
 -> streamed back to the driver, which assembles each shard as its last slot arrives and commits
 it through the same `ShardJob` as the local backend: same files, same manifest, same resume.
-Correct pipeline: shard descriptors -> read rows (tasks) -> transform actors -> driver.
+The correct pipeline (shard descriptors -> read rows -> transform actors -> driver) lives in
+`gapfix.jobs.ray_correct` and shares `init_ray` and `drain_shards` with this one.
 
 Inputs and the output folder must be on storage every node can reach (a shared filesystem).
 """
@@ -45,7 +46,8 @@ def init_ray(address: str) -> None:
         ray.init(address=address, **kwargs)
 
 
-def _data_context() -> None:
+def data_context() -> None:
+    """Ray Data settings for gapfix runs: no Ray progress bars or start-up banners."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -241,7 +243,7 @@ def _slot_failure(batch: dict[str, np.ndarray], i: int) -> Failure:
     )
 
 
-def _drain(
+def drain_shards(
     ds: Any,
     dim: int,
     on_result: Callable[[ShardResult], None],
@@ -305,7 +307,7 @@ def plan_actors(opts: Any) -> ActorPool:
     """Connect to Ray and size the model-actor pool; InputError when it cannot work (checked
     before the job writes anything)."""
     init_ray(opts.ray)
-    _data_context()
+    data_context()
     gpus = _gpus()
     actors = opts.workers if opts.workers else max(1, gpus)
     if not gpus:
@@ -334,7 +336,7 @@ def run_embed_ray(
     setup: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Run the embed pipeline for the ``pending`` shards on Ray Data with the model-actor
-    ``pool`` from `plan_actors`; returns start-up timing (see `_drain`)."""
+    ``pool`` from `plan_actors`; returns start-up timing (see `drain_shards`)."""
     import ray.data
 
     actors, gpus = pool.actors, pool.gpus
@@ -359,121 +361,7 @@ def run_embed_ray(
         num_cpus=1,
     )
     timing: dict[str, float] = {}
-    left = _drain(ds, dim, on_result, progress, count_items=True, timing=timing)
+    left = drain_shards(ds, dim, on_result, progress, count_items=True, timing=timing)
     if left:
         raise RuntimeError(f"Ray run ended with shards incomplete: {sorted(left)}")
     return timing
-
-
-# -------------------------------------------------------------------------------- correct
-
-
-def _read_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
-    """map_batches (tasks): shard descriptors -> the rows of those shards, numbered."""
-    from gapfix.jobs.shards import read_shard
-
-    cols: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "shard",
-            "expected",
-            "seq",
-            "slot",
-            "id",
-            "metadata",
-            "lead",
-            "caption",
-            "thumbnail",
-        )
-    }
-    embs = []
-    for shard, path in zip(batch["shard"], batch["path"], strict=True):
-        data = read_shard(path)
-        n = len(data)
-        if n == 0:
-            for k, v in (
-                ("shard", int(shard)),
-                ("expected", 1),
-                ("seq", -1),
-                ("slot", "empty"),
-                ("id", ""),
-                ("metadata", "{}"),
-                ("lead", False),
-                ("caption", ""),
-                ("thumbnail", b""),
-            ):
-                cols[k].append(v)
-            embs.append(None)
-            continue
-        for i in range(n):
-            for k, v in (
-                ("shard", int(shard)),
-                ("expected", n),
-                ("seq", i),
-                ("slot", data.modalities[i]),
-                ("id", data.ids[i]),
-                ("metadata", data.metadata[i]),
-                ("lead", True),
-                ("caption", data.captions[i] or ""),
-                ("thumbnail", data.thumbnails[i] or b""),
-            ):
-                cols[k].append(v)
-        embs.append(data.embeddings)
-    dim = next((e.shape[1] for e in embs if e is not None), 1)
-    out: dict[str, Any] = {k: np.asarray(v, dtype=object) for k, v in cols.items()}
-    for k in ("shard", "expected", "seq"):
-        out[k] = np.asarray(cols[k], dtype=np.int64)
-    out["lead"] = np.asarray(cols["lead"], dtype=bool)
-    out["embedding"] = np.concatenate(
-        [e if e is not None else np.zeros((1, dim), np.float32) for e in embs]
-    )
-    return out
-
-
-class _CorrectActor:
-    """map_batches callable class: loads the transform once per actor, corrects rows."""
-
-    def __init__(self, transform_path: str) -> None:
-        from gapfix import load_transform
-
-        self.transform = load_transform(transform_path)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        emb = np.array(batch["embedding"], dtype=np.float32)
-        for modality in ("image", "text"):
-            rows = np.flatnonzero(batch["slot"] == modality)
-            if rows.size:
-                emb[rows] = self.transform.transform(emb[rows], modality)
-        out = dict(batch)
-        out["embedding"] = emb
-        return out
-
-
-def run_correct_ray(
-    address: str,
-    shards: list[tuple[int, str]],
-    transform_path: str,
-    workers: int | None,
-    dim: int,
-    on_result: Callable[[ShardResult], None],
-    progress: Progress,
-    batch_rows: int = 4096,
-) -> None:
-    """Correct the given ``(index, parquet path)`` shards on Ray Data."""
-    import ray.data
-
-    init_ray(address)
-    _data_context()
-    items = [{"shard": i, "path": p} for i, p in shards]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(_read_rows, batch_size=1, num_cpus=1)
-    ds = ds.map_batches(
-        _CorrectActor,
-        fn_constructor_kwargs={"transform_path": transform_path},
-        compute=ray.data.ActorPoolStrategy(size=workers or 1),
-        batch_size=batch_rows,
-        num_cpus=1,
-    )
-    left = _drain(ds, dim, on_result, progress, count_items=False)
-    if left:
-        raise RuntimeError(f"Ray run ended with shards incomplete: {sorted(left)}")

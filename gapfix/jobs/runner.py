@@ -63,6 +63,7 @@ def identity(m: dict[str, Any]) -> dict[str, Any]:
         "thumbnail_size": inp.get("thumbnail_size"),
         "num_shards": inp.get("num_shards"),
         "transform": tr.get("sha256"),
+        "sink": (m.get("sink") or {}).get("uri"),
     }
 
 

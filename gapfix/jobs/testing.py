@@ -202,3 +202,47 @@ def tiny_options(ckpt: str, **overrides: Any) -> Any:
     )  # fmt: skip
     base.update(overrides)
     return EmbedOptions(**base)
+
+
+def write_pair_shards(
+    out: str | Path,
+    image: np.ndarray,
+    text: np.ndarray,
+    shard_size: int,
+    ids: list[str] | None = None,
+    model_id: str = "test-model",
+) -> Path:
+    """An embed job's output (``manifest.json`` + parquet shards) holding precomputed pairs:
+    item *i* is an image row then a text row under one id, ``shard_size`` items per shard.
+
+    Lets tests and benchmarks of `gapfix correct` start from real embeddings without an
+    encoder. Returns the manifest path.
+    """
+    from gapfix.jobs.manifest import new_manifest, record_shard, write_manifest
+    from gapfix.jobs.runner import SHARDS_DIR, shard_name
+    from gapfix.jobs.shards import ShardData, write_shard
+
+    out = Path(out)
+    n, dim = image.shape
+    ids = ids if ids is not None else [f"pair-{i:06d}" for i in range(n)]
+    starts = list(range(0, n, shard_size))
+    info = {"kind": "table", "path": "arrays", "fingerprint": f"arrays-{n}-{dim}",
+            "shard_size": shard_size, "thumbnail_size": 0, "num_shards": len(starts),
+            "total_items": n}  # fmt: skip
+    model = {"id": model_id, "name": model_id, "pretrained": "none"}
+    m = new_manifest("embed", model=model, dim=dim, input_info=info)
+    for k, s in enumerate(starts):
+        rows = range(s, min(s + shard_size, n))
+        data = ShardData(
+            ids=[ids[i] for r in rows for i in (r, r)],
+            modalities=["image", "text"] * len(rows),
+            embeddings=np.stack([v for r in rows for v in (image[r], text[r])]).astype(np.float32),
+            metadata=[json.dumps({"row": r, "split": "dev"}) for r in rows for _ in (0, 1)],
+            captions=[c for r in rows for c in (None, f"caption {r}")],
+        )
+        path = out / SHARDS_DIR / f"{shard_name(k)}.parquet"
+        write_shard(path, data, dim)
+        record_shard(m, {"index": k, "file": f"{SHARDS_DIR}/{path.name}", "rows": data.counts(),
+                         "items": len(rows), "failures": 0})  # fmt: skip
+    write_manifest(out / "manifest.json", m)
+    return out / "manifest.json"
