@@ -85,8 +85,9 @@ class Job:
 class Rebuilder:
     """The current background job of one collection, its outcome and its executor.
 
-    ``lock`` is the collection's write lock: ``start`` and ``cancel`` are called holding it,
-    and a job's end (clearing ``job``, recording a failure) takes it.
+    ``lock`` is the collection's write lock (re-entrant): ``start`` and ``cancel`` take it (the
+    collection calls them holding it already), and so does a job's end (clearing ``job``,
+    recording a failure).
     """
 
     def __init__(self, name: str, lock: threading.RLock) -> None:
@@ -113,27 +114,29 @@ class Rebuilder:
         body: Callable[[Job], None],
         on_failed: Callable[[Job], None] | None = None,
     ) -> None:
-        """Run ``body(job)`` in the background, superseding the current job (under the lock).
+        """Run ``body(job)`` in the background, superseding the current job.
 
         ``on_failed(job)`` runs under the lock when a transform job that is still current
         fails (after ``error`` is set), to undo what the job had made durable.
         """
-        self.cancel()
-        self.error = None
-        if self._pool is None or (self._last is not None and not self._last.done()):
-            if self._pool is not None:  # busy with a superseded job: leave it to finish alone
-                self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = futures.ThreadPoolExecutor(1, f"gapfix-rebuild-{self.name}")
-        job.future = self._last = self._pool.submit(self._run, job, body, on_failed)
-        self.job = job
+        with self._lock:  # the body's end takes it too: it must find ``job`` current
+            self.cancel()
+            self.error = None
+            if self._pool is None or (self._last is not None and not self._last.done()):
+                if self._pool is not None:  # busy with a superseded job: let it finish alone
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = futures.ThreadPoolExecutor(1, f"gapfix-rebuild-{self.name}")
+            self.job = job
+            job.future = self._last = self._pool.submit(self._run, job, body, on_failed)
 
     def cancel(self) -> Job | None:
-        """Supersede the current job, if any (under the lock); returns it."""
-        job = self.job
-        if job is not None:
-            job.cancel()
-            self.job = None
-        return job
+        """Supersede the current job, if any; returns it."""
+        with self._lock:
+            job = self.job
+            if job is not None:
+                job.cancel()
+                self.job = None
+            return job
 
     def _run(self, job: Job, body: Callable[[Job], None], on_failed: Any) -> None:
         try:
@@ -187,9 +190,8 @@ class Rebuilder:
             return False
 
     def close(self) -> None:
-        """Supersede the current job and wait for it to stop (under no lock)."""
-        with self._lock:
-            job = self.cancel()
+        """Supersede the current job and wait for it to stop (call it holding no lock)."""
+        job = self.cancel()
         if job is not None and job.future is not None:
             futures.wait([job.future])
         if self._pool is not None:
