@@ -21,14 +21,15 @@ Errors: ``InputError`` (400/422), ``PayloadTooLargeError`` (413), ``NotFoundErro
 ``ConflictError`` (409). Module map, backend-neutral: ``backend`` (protocols, result types,
 argument checks), ``items`` (item model, validation), ``rebuild`` (background transform jobs
 on concurrent.futures), ``sums`` (running centroid sums), ``gauges`` (Prometheus series).
-Embedded: ``embedded`` (the collection), ``db`` (SQLite), ``index`` (FAISS kinds, filters,
-files), ``store`` (collections in a data dir).
+Embedded: ``embedded`` (the collection), ``db`` (SQLite), ``index`` (a FAISS index of one
+space), ``index_kinds`` (kinds, params, GPU), ``index_filters`` (filtered and tombstoned
+search), ``index_files``, ``store`` (collections in a data dir).
 """
 
 from gapfix.store.backend import Collection, CollectionStore, RawVectors, Searched
 from gapfix.store.embedded import EmbeddedCollection
 from gapfix.store.errors import ConflictError, NotFoundError
-from gapfix.store.index import INDEX_KINDS, IndexParams
+from gapfix.store.index_kinds import INDEX_KINDS, IndexParams
 from gapfix.store.items import ITEM_MODALITIES, QUERY_MODALITIES, Hit, Item, ItemIn
 from gapfix.store.store import Store, check_collection_name
 

@@ -26,7 +26,7 @@ from gapfix.errors import GapfixError, InputError
 from gapfix.locks import release, try_lock
 from gapfix.store.embedded import EmbeddedCollection
 from gapfix.store.errors import ConflictError, NotFoundError
-from gapfix.store.index import INDEX_KINDS, IndexParams, gpu_available
+from gapfix.store.index_kinds import INDEX_KINDS, IndexParams, gpu_available
 
 log = logging.getLogger(__name__)
 

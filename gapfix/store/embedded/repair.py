@@ -17,7 +17,8 @@ import numpy as np
 from gapfix.atomic import remove_quietly
 from gapfix.store.embedded.prepare import prepare
 from gapfix.store.embedded.state import CollectionState, View
-from gapfix.store.index import IndexFileError, VectorIndex, read_index_file
+from gapfix.store.index import VectorIndex
+from gapfix.store.index_files import IndexFileError, read_index_file
 from gapfix.store.items import encode_fids, fid_seq
 from gapfix.store.rebuild import Cancelled, Job
 from gapfix.store.sums import Sums, add_sums, zero_sums

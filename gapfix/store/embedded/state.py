@@ -20,7 +20,8 @@ from gapfix.store import gauges
 from gapfix.store._rwlock import RWLock
 from gapfix.store.db import ItemDB
 from gapfix.store.errors import NotFoundError
-from gapfix.store.index import IndexParams, VectorIndex, write_index_file
+from gapfix.store.index import IndexParams, VectorIndex
+from gapfix.store.index_files import write_index_file
 from gapfix.store.rebuild import Job, Rebuilder
 from gapfix.store.sums import Sums, zero_sums
 
