@@ -15,6 +15,14 @@ Spaces. Every item has an index vector in ``raw`` (stored embeddings; documents 
 transform, then fused). Without an active transform corrected IS raw. A transform switch
 re-corrects in the background (``gapfix.store.rebuild``) while the old space keeps answering;
 ``Searched.transform`` names the space an answer came from.
+
+Writing a backend: implement ``Collection`` (``tests/test_store_backend.py`` checks names,
+parameter kinds and defaults against this file) and reuse the neutral parts: ``check_search``
+/ ``check_page`` / ``check_k`` for arguments; ``gapfix.store.items`` for ``ItemIn`` validation
+(``validate_batch``) and ``fuse``; ``gapfix.store.rebuild`` for the switch (``Rebuilder``: one
+current job, superseding, ``wait`` raising ConflictError for a superseded request, status;
+``make_fit`` / ``check_fit_data`` / ``fitted_dim`` / ``check_maps_finite`` / ``fit_job``);
+``gapfix.store.sums`` for the running centroid sums; ``gapfix.store.gauges`` for Prometheus.
 """
 
 from __future__ import annotations
