@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gapfix.store import Collection, Store
+from gapfix.store import Collection, CollectionStore
 from service.errors import ApiError
 from service.settings import Settings
 from service.state import AppState
@@ -28,7 +28,7 @@ def get_settings(state: Annotated[AppState, Depends(get_state)]) -> Settings:
     return state.settings
 
 
-def get_store(state: Annotated[AppState, Depends(get_state)]) -> Store:
+def get_store(state: Annotated[AppState, Depends(get_state)]) -> CollectionStore:
     """The open store; 503 before start-up finished or after shutdown began."""
     if state.store is None or not state.started or state.stopping:
         raise ApiError(503, "the service is not ready", type="not_ready")
@@ -36,7 +36,7 @@ def get_store(state: Annotated[AppState, Depends(get_state)]) -> Store:
 
 
 def get_collection(
-    store: Annotated[Store, Depends(get_store)],
+    store: Annotated[CollectionStore, Depends(get_store)],
     collection: Annotated[str, Path(description="Collection name.", examples=["photos"])],
 ) -> Collection:
     """The collection named in the path; 404 if it does not exist."""
@@ -87,6 +87,6 @@ def require_read(
 
 StateDep = Annotated[AppState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[Store, Depends(get_store)]
+StoreDep = Annotated[CollectionStore, Depends(get_store)]
 CollectionDep = Annotated[Collection, Depends(get_collection)]
 BatcherDep = Annotated[Any, Depends(get_batcher)]

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from gapfix.store import Collection
-from gapfix.store.collection import Searched
+from gapfix.store import Collection, Searched
 
 
 @dataclass(eq=False)
@@ -93,9 +92,7 @@ class SearchBatcher:
                         if len(batch) > 1
                         else batch[0].vectors
                     )
-                    found = await run_in_threadpool(
-                        coll.search_view, mat, modality, k, mods, corrected
-                    )
+                    found = await run_in_threadpool(coll.search, mat, modality, k, mods, corrected)
                 except Exception as exc:
                     if len(batch) == 1:
                         if not batch[0].future.done():
@@ -104,7 +101,7 @@ class SearchBatcher:
                         for r in batch:
                             try:
                                 res = await run_in_threadpool(
-                                    coll.search_view, r.vectors, modality, k, mods, corrected
+                                    coll.search, r.vectors, modality, k, mods, corrected
                                 )
                             except Exception as one:
                                 if not r.future.done():

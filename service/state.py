@@ -10,7 +10,7 @@ from typing import Any
 from anyio import to_thread
 
 from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
-from gapfix.store import NotFoundError, Store
+from gapfix.store import CollectionStore, NotFoundError, Store
 from service.fetching import ImageFetcher
 from service.search_batching import SearchBatcher
 from service.settings import Settings
@@ -25,7 +25,7 @@ class AppState:
     """Everything a request needs, built by the lifespan and reached through ``service.deps``."""
 
     settings: Settings
-    store: Store | None = None
+    store: CollectionStore | None = None
     encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
     batcher: Any = None  # gapfix.encoders.MicroBatcher
     searcher: SearchBatcher = field(default_factory=SearchBatcher)

@@ -464,7 +464,7 @@ def test_index_build_makes_a_servable_collection(table_run, folder_run, tmp_path
         assert split.get_item("pair-003#text").caption == "a photo number 3"
         assert pairs.get_item("pair-003").caption == "a photo number 3"
         assert store.get("imgs").info()["index"] == "hnsw"
-        (hit, *_), *_ = split.search(emb[1:2], "text", k=1, modalities=["text"])
+        (hit, *_), *_ = split.search(emb[1:2], "text", k=1, modalities=["text"]).hits
         assert hit.id == "pair-000#text"
 
 

@@ -42,7 +42,7 @@ def _ids(hits) -> list[list[str]]:
 def test_concurrent_searches_are_merged_with_identical_results(coll) -> None:
     rng = np.random.default_rng(1)
     queries = [unit(rng.standard_normal((n, D))) for n in (1, 3, 1, 2, 1, 1, 4, 1)]
-    expected = [_ids(coll.search(q, "text", k=5, modalities=["image"])) for q in queries]
+    expected = [_ids(coll.search(q, "text", k=5, modalities=["image"]).hits) for q in queries]
     batcher = SearchBatcher(max_inflight=1)
 
     async def main():
@@ -91,5 +91,5 @@ def test_an_error_reaches_only_its_request(coll) -> None:
 
     r = asyncio.run(main())
     assert isinstance(r[2], InputError)
-    assert _ids(r[1].hits) == _ids(coll.search(good[1:], "text", k=3))
-    assert _ids(r[3].hits) == _ids(coll.search(good, "text", k=3))
+    assert _ids(r[1].hits) == _ids(coll.search(good[1:], "text", k=3).hits)
+    assert _ids(r[3].hits) == _ids(coll.search(good, "text", k=3).hits)

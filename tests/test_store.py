@@ -95,28 +95,28 @@ def test_add_search_upsert_delete(store: Store, kind: str) -> None:
     assert c.counts() == {"image": 150, "text": 150, "document": 0} and c.dim == 32
     if kind == "ivfpq":
         assert c._raw.trained  # crossed train_size inside add
-    hits = c.search(img[:5], "image", k=3)
+    hits = c.search(img[:5], "image", k=3).hits
     assert [h[0].id for h in hits] == [f"i{n}" for n in range(5)]
     assert hits[0][0].modality == "image" and hits[0][0].metadata == {"n": 0}
     if kind != "ivfpq":
         assert hits[0][0].score == pytest.approx(1.0, abs=1e-4)
-    only_text = c.search(img[:5], "image", k=10, modalities=["text"])
+    only_text = c.search(img[:5], "image", k=10, modalities=["text"]).hits
     assert all(h.modality == "text" for row in only_text for h in row)
     assert all(len(row) == 10 for row in only_text)
     # upsert replaces the vector and metadata; without upsert the batch conflicts
     new_vec = rand_unit(1, seed=99)[0]
     with pytest.raises(ConflictError):
         c.add([ItemIn("i0", image=new_vec), ItemIn("fresh", text=new_vec)])
-    assert c.count() == 300 and "fresh" not in ids_of(c.search(new_vec, "text", k=5)[0])
+    assert c.count() == 300 and "fresh" not in ids_of(c.search(new_vec, "text", k=5).hits[0])
     assert c.add([ItemIn("i0", text=new_vec, metadata={"v": 2})], upsert=True) == {
         "added": 0,
         "replaced": 1,
     }
-    top = c.search(new_vec, "text", k=1)[0][0]
+    top = c.search(new_vec, "text", k=1).hits[0][0]
     assert (top.id, top.modality, top.metadata) == ("i0", "text", {"v": 2})
     assert c.counts() == {"image": 149, "text": 151, "document": 0}
     c.delete_item("i1")
-    assert "i1" not in ids_of(c.search(img[1], "image", k=5)[0])
+    assert "i1" not in ids_of(c.search(img[1], "image", k=5).hits[0])
     with pytest.raises(NotFoundError):
         c.delete_item("i1")
     with pytest.raises(NotFoundError):
@@ -125,9 +125,9 @@ def test_add_search_upsert_delete(store: Store, kind: str) -> None:
     assert c.count() == 298
     item = c.get_item("i3")
     assert item.modality == "image" and np.allclose(item.image, img[3], atol=1e-6)
-    by_id = c.search_by_id("i3", k=3)
+    by_id = c.search(item_id="i3", k=3).hits[0]
     assert "i3" not in ids_of(by_id) and len(by_id) == 3
-    assert c.search_by_id("i3", k=1, exclude_self=False)[0].id == "i3"
+    assert c.search(item_id="i3", k=1, exclude_self=False).hits[0][0].id == "i3"
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -140,12 +140,12 @@ def test_modality_filters_match_exact_search(store: Store, kind: str) -> None:
     c.add(items)
     q = rand_unit(4, seed=5)
     for mods in (["image"], ["text"], ["document"], ["image", "document"], ["text", "document"]):
-        got = c.search(q, "image", k=5, modalities=mods)
+        got = c.search(q, "image", k=5, modalities=mods).hits
         for row in got:
             assert {h.modality for h in row} <= set(mods) and len(row) == 5
         if kind == "flat":
             c._raw.use_selectors = False  # the over-fetch + filter path (what GPU search uses)
-            assert [ids_of(r) for r in c.search(q, "image", k=5, modalities=mods)] == [
+            assert [ids_of(r) for r in c.search(q, "image", k=5, modalities=mods).hits] == [
                 ids_of(r) for r in got
             ]
             c._raw.use_selectors = True
@@ -167,12 +167,12 @@ def test_documents_fuse_raw_and_corrected(store: Store, pairs) -> None:
     c.add([ItemIn(f"x{n}", image=img[n]) for n in range(60, 120)])
     assert c.get_item("d0").weight == pytest.approx(w)
     fused = unit(w * img[5] + (1 - w) * txt[5])
-    hit = c.search(fused, "image", k=1, corrected=False)[0][0]
+    hit = c.search(fused, "image", k=1, corrected=False).hits[0][0]
     assert hit.id == "d5" and hit.score == pytest.approx(1.0, abs=1e-5)
     c.fit_transform("centering", wait_seconds=60)
     t = c.active_transform
     corr = unit(w * t.transform(img[5:6], "image") + (1 - w) * t.transform(txt[5:6], "text"))
-    res = c.search_by_id("d5", k=1, exclude_self=False)[0]
+    res = c.search(item_id="d5", k=1, exclude_self=False).hits[0][0]
     assert res.id == "d5" and res.score == pytest.approx(1.0, abs=1e-5)
     # the corrected index holds exactly normalise(w*T(img) + (1-w)*T(txt))
     scores, fids = c._view.corrected.search(corr, 1)
@@ -212,7 +212,7 @@ def test_batch_validation_is_all_or_nothing(store: Store) -> None:
         assert c.count() == 1, batch
     with pytest.raises(NotFoundError):
         c.get_item("b")
-    assert ids_of(c.search(good[1], "image", k=5)[0]) == ["a"]
+    assert ids_of(c.search(good[1], "image", k=5).hits[0]) == ["a"]
 
 
 def test_thumbnails_metadata_and_paging(store: Store) -> None:
@@ -243,7 +243,7 @@ def test_corrected_search_closes_the_gap_on_real_embeddings(store: Store, pairs)
     q = txt[125:]  # captions whose image is in the corpus but whose text is not
 
     def image_share(corrected: bool) -> float:
-        rows = c.search(q, "text", k=10, corrected=corrected)
+        rows = c.search(q, "text", k=10, corrected=corrected).hits
         return float(np.mean([h.modality == "image" for row in rows for h in row]))
 
     raw_share = image_share(False)
@@ -260,13 +260,13 @@ def test_corrected_search_closes_the_gap_on_real_embeddings(store: Store, pairs)
     names = [f"img{n}" for n in range(250)] + [f"txt{n}" for n in range(125)]
     qc = t.transform(unit(q[:8]), "text")  # the store stores and queries unit vectors
     want = np.argsort(-(qc @ corpus.T), axis=1)[:, :5]
-    got = c.search(q[:8], "text", k=5)
+    got = c.search(q[:8], "text", k=5).hits
     assert [ids_of(r) for r in got] == [[names[j] for j in row] for row in want]
     assert np.allclose(c.correct(q[:3], "text"), qc[:3], atol=1e-6)
     # image queries get the image-side map (regression: they once got the text side's)
     qi = t.transform(unit(img[:8]), "image")
     want = np.argsort(-(qi @ corpus.T), axis=1)[:, :5]
-    got = c.search(img[:8], "image", k=5)
+    got = c.search(img[:8], "image", k=5).hits
     assert [ids_of(r) for r in got] == [[names[j] for j in row] for row in want]
     assert np.allclose(c.correct(img[:3], "image"), qi[:3], atol=1e-6)
     # metrics: items per modality and a smaller corrected centroid gap
@@ -350,13 +350,13 @@ def test_restart_restores_everything(tmp_path: Path, pairs, kind: str) -> None:
         _fill(c, img, txt)
         c.fit_transform("centering")
         c.delete_items(["i3", "t4"])
-        before = [c.search(q, "text", k=5, corrected=b) for b in (True, False)]
+        before = [c.search(q, "text", k=5, corrected=b).hits for b in (True, False)]
         info = c.info()
     with Store(tmp_path, flush_interval=None) as s:
         c = s.get("p")
         assert c.repair_report == {"raw": "loaded", "corrected": "loaded"}
         assert c.info() == info and c.active_transform.method == "centering"
-        assert [c.search(q, "text", k=5, corrected=b) for b in (True, False)] == before
+        assert [c.search(q, "text", k=5, corrected=b).hits for b in (True, False)] == before
         assert c.get_item("i7").metadata == {"n": 7}
 
 
@@ -367,7 +367,7 @@ def test_damaged_or_stale_index_files_are_repaired_at_open(tmp_path: Path, pairs
         c = s.create_collection("r", index="flat")  # exact: results must match bit for bit
         _fill(c, img, txt)
         c.fit_transform("centering")
-        want = [c.search(q, "image", k=5, corrected=b) for b in (True, False)]
+        want = [c.search(q, "image", k=5, corrected=b).hits for b in (True, False)]
     idx_dir = tmp_path / "collections" / "r" / "indexes"
     raw_file = next(idx_dir.glob("raw-*.faiss"))
     data = bytearray(raw_file.read_bytes())
@@ -378,7 +378,7 @@ def test_damaged_or_stale_index_files_are_repaired_at_open(tmp_path: Path, pairs
         c = s.get("r")
         assert c.repair_report["raw"].startswith("rebuilt")
         assert c.repair_report["corrected"].startswith("rebuilt")
-        assert [c.search(q, "image", k=5, corrected=b) for b in (True, False)] == want
+        assert [c.search(q, "image", k=5, corrected=b).hits for b in (True, False)] == want
         # writes that never reached the index files (a crash before the flush)
         c.add([ItemIn("late", image=img[220])])
         c.delete_item("i5")
@@ -388,8 +388,8 @@ def test_damaged_or_stale_index_files_are_repaired_at_open(tmp_path: Path, pairs
         c = s.get("r")
         assert c.repair_report["raw"].startswith("rebuilt")
         assert c.repair_report["corrected"] == "repaired: +1 -1"
-        assert c.search(img[220], "image", k=1)[0][0].id == "late"
-        assert "i5" not in ids_of(c.search(img[5], "image", k=5)[0])
+        assert c.search(img[220], "image", k=1).hits[0][0].id == "late"
+        assert "i5" not in ids_of(c.search(img[5], "image", k=5).hits[0])
 
 
 def test_hnsw_tombstones_are_compacted(store: Store, monkeypatch) -> None:
@@ -399,10 +399,10 @@ def test_hnsw_tombstones_are_compacted(store: Store, monkeypatch) -> None:
     c.add([ItemIn(f"i{n}", image=v[n]) for n in range(100)])
     c.delete_items([f"i{n}" for n in range(10)])
     assert len(c._raw.deleted) == 10 and c._raw.ntotal == 100
-    assert all(not h.id.startswith("i0") for h in c.search(v[0], "image", k=5)[0])
-    with_selector = c.search(v[:10], "image", k=5)
+    assert all(not h.id.startswith("i0") for h in c.search(v[0], "image", k=5).hits[0])
+    with_selector = c.search(v[:10], "image", k=5).hits
     c._raw.use_selectors = False  # over-fetch + filter (the GPU path) skips tombstones too
-    over_fetched = c.search(v[:10], "image", k=5)
+    over_fetched = c.search(v[:10], "image", k=5).hits
     assert [ids_of(r) for r in over_fetched] == [ids_of(r) for r in with_selector]
     # the same hits; scores to float32 rounding (an exact search answers a small collection)
     scores = [h.score for r in over_fetched for h in r]
@@ -411,7 +411,7 @@ def test_hnsw_tombstones_are_compacted(store: Store, monkeypatch) -> None:
     c.delete_items([f"i{n}" for n in range(10, 30)])  # 30% tombstones: compaction job
     assert c.wait_transform(30)
     assert c._raw.ntotal == 70 and not c._raw.deleted
-    assert c.search(v[50], "image", k=1)[0][0].id == "i50"
+    assert c.search(v[50], "image", k=1).hits[0][0].id == "i50"
 
 
 def test_index_build_failure_keeps_the_old_transform(store: Store, pairs, monkeypatch) -> None:
@@ -510,7 +510,7 @@ def test_hnsw_upserts_are_compacted_too(store: Store, monkeypatch) -> None:
         assert c.wait_transform(30)
     assert c.count() == 60
     assert c._raw.ntotal < 3 * 60 and c._raw.tombstone_ratio < c.compact_ratio
-    assert c.search(v[7], "image", k=1)[0][0].id == "i7"
+    assert c.search(v[7], "image", k=1).hits[0][0].id == "i7"
 
 
 def test_numpy_scalars_are_numbers_too(store: Store) -> None:
@@ -518,7 +518,7 @@ def test_numpy_scalars_are_numbers_too(store: Store) -> None:
     v = rand_unit(10, seed=9)
     c.add([ItemIn(f"d{n}", image=v[n], text=v[9 - n], weight=np.float32(0.25)) for n in range(5)])
     assert c.list_items(np.int64(0), np.int64(2)) == [("d0", "document"), ("d1", "document")]
-    assert len(c.search(v[:1], "image", k=np.int64(3))[0]) == 3
+    assert len(c.search(v[:1], "image", k=np.int64(3)).hits[0]) == 3
     for offset, limit in ((0, 2.5), (True, 2), (-1, 2)):
         with pytest.raises(InputError, match="offset must be an integer"):
             c.list_items(offset, limit)

@@ -63,7 +63,7 @@ def test_rebuild_in_background_keeps_serving_and_switches_atomically(
         c = s.create_collection("bg")
         c.add([ItemIn(f"img{n}", image=img[n]) for n in range(150)])
         c.add([ItemIn(f"txt{n}", text=txt[n]) for n in range(150)])
-        old = ids(c.search(q, "text", k=10))
+        old = ids(c.search(q, "text", k=10).hits)
         gate = Gate(monkeypatch)
         assert c.fit_transform("centering", wait_seconds=0) is False
         assert gate.entered.wait(30)
@@ -77,7 +77,7 @@ def test_rebuild_in_background_keeps_serving_and_switches_atomically(
         def searcher() -> None:
             try:
                 while not stop.is_set():
-                    seen.append(ids(c.search(q, "text", k=10)))
+                    seen.append(ids(c.search(q, "text", k=10).hits))
             except BaseException as exc:
                 errors.append(exc)
 
@@ -91,7 +91,7 @@ def test_rebuild_in_background_keeps_serving_and_switches_atomically(
         c.add([ItemIn(f"img{n}", image=img[n]) for n in range(150, 250)])
         c.delete_items(["txt3", "img7"])
         c.add([ItemIn("img0", text=txt[240], metadata={"upserted": True})], upsert=True)
-        before_switch = ids(c.search(q, "text", k=10))
+        before_switch = ids(c.search(q, "text", k=10).hits)
         seen.clear()
         gate.release.set()
         assert c.wait_transform(60)
@@ -99,7 +99,7 @@ def test_rebuild_in_background_keeps_serving_and_switches_atomically(
         for t in threads:
             t.join()
         assert not errors
-        after = ids(c.search(q, "text", k=10))
+        after = ids(c.search(q, "text", k=10).hits)
         # each search saw either the whole old state or the whole new one, never a mix
         assert {tuple(map(tuple, r)) for r in seen} <= {
             tuple(map(tuple, before_switch)),
@@ -137,7 +137,7 @@ def test_interrupted_switch_resumes_after_restart(tmp_path: Path, pairs, monkeyp
         c = s.get("resume")
         assert c.wait_transform(60)
         assert c.active_transform.method == "procrustes"
-        assert c.search(txt[130], "text", k=1)[0][0].id == "late"
+        assert c.search(txt[130], "text", k=1).hits[0][0].id == "late"
         assert c.count() == 121
 
 
@@ -161,7 +161,7 @@ def test_concurrent_writers_and_readers_stay_consistent(tmp_path: Path) -> None:
         def reader() -> None:
             try:
                 for _ in range(40):
-                    rows = c.search(vecs[:8], "image", k=5)
+                    rows = c.search(vecs[:8], "image", k=5).hits
                     assert all(len(r) == 5 for r in rows)
             except BaseException as exc:
                 errors.append(exc)
@@ -239,8 +239,8 @@ def test_kill9_mid_ingest_then_reopen_is_consistent(tmp_path: Path, kind: str) -
             assert np.array_equal(np.sort(idx.live_ids()), want)
         last = n // 40 - 1
         v = np.random.default_rng(last).standard_normal((40, 16)).astype("float32")
-        assert c.search(v[1], "image", k=1, corrected=False)[0][0].id == f"b{last}-1"
-        assert c.search(v[1], "image", k=1)[0][0].id == f"b{last}-1"
+        assert c.search(v[1], "image", k=1, corrected=False).hits[0][0].id == f"b{last}-1"
+        assert c.search(v[1], "image", k=1).hits[0][0].id == f"b{last}-1"
         item = c.get_item(f"b{last}-2")
         assert np.allclose(item.text, unit(v[2]), atol=1e-6)
 

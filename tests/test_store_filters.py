@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gapfix.store import index as index_mod
+from gapfix.store import index_filters
 from gapfix.store.index import IndexParams, VectorIndex
 from gapfix.store.items import MODALITY_CODE, encode_fids
 
@@ -69,7 +69,7 @@ def test_image_query_filtered_to_texts_returns_k_texts(gapped, kind: str, params
 def test_hnsw_broad_filter_scales_ef(gapped, monkeypatch) -> None:
     images, texts = gapped
     idx = fill("hnsw", images, texts, ef_search=16)
-    monkeypatch.setattr(index_mod, "FILTER_EXACT_MAX_ROWS", 0)  # force the graph search
+    monkeypatch.setattr(index_filters, "FILTER_EXACT_MAX_ROWS", 0)  # force the graph search
     _, ids = idx.search(images[::150], K, ["text"])
     assert (ids >= 0).all()
     assert set(np.unique(ids)) <= set(text_fids(np.arange(N_TXT)))
@@ -111,7 +111,7 @@ def test_trained_ivf_filter_matching_nothing_is_empty(gapped) -> None:
 def test_hnsw_with_clustered_tombstones_still_returns_k(monkeypatch, exact_max: int) -> None:
     """Deleting most of one cluster (below the compaction threshold) must not leave queries
     near it short: the walk is widened, then answered exactly."""
-    monkeypatch.setattr(index_mod, "FILTER_EXACT_MAX_ROWS", exact_max)
+    monkeypatch.setattr(index_filters, "FILTER_EXACT_MAX_ROWS", exact_max)
     rng = np.random.default_rng(0)
     n, d = 6000, 32
     centres = rng.standard_normal((5, d)) * 3

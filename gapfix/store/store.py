@@ -1,9 +1,9 @@
-"""The store: named collections under one data directory.
+"""The embedded store (a ``CollectionStore``): named collections under one data directory.
 
 Layout::
 
     <data_dir>/.lock                 exclusive flock: one Store per data dir (any process)
-    <data_dir>/collections/<name>/   one directory per collection (see ``collection``)
+    <data_dir>/collections/<name>/   one directory per collection (see ``embedded.collection``)
 
 A collection is created in a temp directory and renamed into place (atomic); deletion renames
 it to a trash name first, so a crash never leaves a half-created or half-deleted collection
@@ -24,9 +24,9 @@ from typing import Any
 from gapfix.atomic import fsync_dir
 from gapfix.errors import GapfixError, InputError
 from gapfix.locks import release, try_lock
-from gapfix.store.collection import Collection
+from gapfix.store.embedded import EmbeddedCollection
 from gapfix.store.errors import ConflictError, NotFoundError
-from gapfix.store.index import INDEX_KINDS, IndexParams, gpu_available
+from gapfix.store.index_kinds import INDEX_KINDS, IndexParams, gpu_available
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Store:
             raise GapfixError(f"data directory {self.data_dir} is in use by another gapfix store")
         self._lock_fd = lock_fd
         self._lock = threading.Lock()
-        self._collections: dict[str, Collection] = {}
+        self._collections: dict[str, EmbeddedCollection] = {}
         self._deleting: set[str] = set()
         self._closed = False
         try:
@@ -72,7 +72,7 @@ class Store:
                 if entry.name.startswith((".tmp-", ".trash-")):
                     shutil.rmtree(entry, ignore_errors=True)
                 elif entry.is_dir() and NAME_RE.fullmatch(entry.name):
-                    self._collections[entry.name] = Collection(entry, use_gpu=self.use_gpu)
+                    self._collections[entry.name] = EmbeddedCollection(entry, use_gpu=self.use_gpu)
         except BaseException:
             self.close()
             raise
@@ -113,7 +113,7 @@ class Store:
         index: str = "flat",
         dim: int | None = None,
         index_params: dict[str, Any] | None = None,
-    ) -> Collection:
+    ) -> EmbeddedCollection:
         """Create an empty collection. ``dim`` None: fixed by the first vectors (or transform).
 
         Bad name/kind/params -> InputError; an existing name -> ConflictError.
@@ -142,14 +142,14 @@ class Store:
             tmp.mkdir()
             try:
                 given = {k: v for k, v in params.to_dict().items() if k in (index_params or {})}
-                Collection.initialize(tmp, name, index, dim, given)
+                EmbeddedCollection.initialize(tmp, name, index, dim, given)
                 final = self._root / name
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             fsync_dir(self._root)
-            coll = Collection(final, use_gpu=self.use_gpu)
+            coll = EmbeddedCollection(final, use_gpu=self.use_gpu)
             self._collections[name] = coll
             return coll
 
@@ -163,7 +163,7 @@ class Store:
         with self._lock:
             return sorted(self._collections)
 
-    def get(self, name: str) -> Collection:
+    def get(self, name: str) -> EmbeddedCollection:
         """The named collection; NotFoundError if it does not exist."""
         with self._lock:
             coll = self._collections.get(name) if isinstance(name, str) else None

@@ -10,8 +10,7 @@ from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from gapfix.errors import InputError, PayloadTooLargeError
-from gapfix.store import Collection
-from gapfix.store.collection import Searched
+from gapfix.store import Collection, Searched
 from service.deps import CollectionDep, StateDep, require_read
 from service.encoding import check_counts, decode_images, encode, require_model
 from service.errors import responses
@@ -104,8 +103,12 @@ async def run_search(
 
     def by_id() -> list[Searched]:
         return [
-            coll.search_by_id_view(
-                queries[i].id, req.k, req.modalities, req.corrected, req.exclude_self
+            coll.search(
+                k=req.k,
+                modalities=req.modalities,
+                corrected=req.corrected,
+                item_id=queries[i].id,
+                exclude_self=req.exclude_self,
             )
             for i in ids
         ]
