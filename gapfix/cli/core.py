@@ -123,7 +123,8 @@ def fit(
         str,
         typer.Option(
             "--method",
-            help="identity, mean-shift, target-gap, centering, standardize, whiten, ablate-dims, procrustes, auto",
+            help="identity, mean-shift, target-gap, centering, standardize, whiten, ablate-dims, "
+            "procrustes, contrastive-adapter, auto",
         ),
     ],
     image: Annotated[str | None, typer.Option("--image", help="Image embeddings")] = None,
@@ -193,8 +194,12 @@ def fit(
             raise InputError("fit needs --image and --text (or --manifest)", "--image")
         x, y = _load_pair(image, text)
         lab = _load_labels(labels)
-        if lab is not None and method != "auto":
-            raise InputError("--labels is used by --method auto --objective zeroshot", "--labels")
+        if lab is not None and method not in ("auto", "contrastive-adapter"):
+            raise InputError(
+                "--labels is used by --method auto --objective zeroshot and by "
+                "--method contrastive-adapter (labelled calibration)",
+                "--labels",
+            )
         if query_text is not None:
             q = check_embeddings(
                 load_array(query_text, param="--query-text"), "--query-text", min_rows=2,
@@ -207,6 +212,12 @@ def fit(
     st = transform.fit_stats_
     if method == "auto":
         _print_fit_table(transform.fit_table_)
+    if "adapter" in st:
+        a = st["adapter"]
+        console.print(
+            f"trained on {a['mode']} ({a['train_rows']} rows, {a['val_rows']} held out): best "
+            f"epoch {a['best_epoch']} of {a['epochs_run']}, {a['train_seconds']:.1f}s on {a['device']}"
+        )
     console.print(
         f"[bold]{transform.method}[/bold] -> {out}: gap {st['gap_before']:.4f} -> "
         f"{st['gap_after']:.4f} (image rows {st['n_image']}, text rows {st['n_text']}, dim {st['dim']})"
