@@ -289,21 +289,54 @@ def evaluate_cmd(
         Path | None, typer.Option("--transform", help="Artifact to evaluate")
     ] = None,
     labels: LabelsOpt = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(
+            "--groups",
+            help="Fairness audit: a group label per image row; --text holds one row per class",
+        ),
+    ] = None,
+    harmful: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--harmful",
+            help="Class indices counted harmful: 'i,j', 'NAME=i,j' or a file (repeatable, "
+            "one category each)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Retrieval quality before/after a transform: cross-modal, mixed-modality, zero-shot."""
+    """Retrieval quality before/after a transform: cross-modal, mixed-modality, zero-shot;
+    with --groups/--harmful, the fairness audit (harmful-label rate per group)."""
+    from gapfix.cli._fairness import check_audit_options, load_groups, print_audit
     from gapfix.evaluation import evaluate, flatten_metrics
+    from gapfix.fairness import fairness_audit, parse_harmful
     from gapfix.transforms.artifact import load_transform
 
+    check_audit_options(groups, harmful)
     x, y = _load_pair(image, text)
     lab = _load_labels(labels)
+    audit_inputs = None
+    if groups is not None:
+        audit_inputs = (load_groups(groups), parse_harmful(list(harmful or []), y.shape[0]))
     t = load_transform(transform) if transform is not None else None
     if t is not None and t.dim_ != x.shape[1]:
         raise InputError(
             f"embeddings have dimension {x.shape[1]} but the transform was fitted on {t.dim_}",
             "--transform",
         )
-    result = evaluate(x, y, transform=t, labels=lab)
+    if audit_inputs is not None:
+        audit = fairness_audit(x, y, audit_inputs[0], audit_inputs[1], transform=t, labels=lab)
+        result = evaluate(x, y, transform=t, labels=lab) if lab is not None else {}
+        result["fairness"] = audit
+        if as_json:
+            typer.echo(json.dumps(result))
+            return
+        print_audit(console, audit, t.method if t else None)
+        if lab is None:
+            return
+    else:
+        result = evaluate(x, y, transform=t, labels=lab)
     if as_json:
         typer.echo(json.dumps(result))
         return
