@@ -3,6 +3,7 @@ labelled calibration, bad input, and its measured quality on COCO and ConVIRT.""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,32 @@ def test_gpu_training_matches_cpu_quality() -> None:
     b = make_transform(A, device="cuda").fit(x, y)
     for name in a.fitted_arrays:  # deterministic on the GPU too
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), atol=1e-6)
+
+
+def test_service_fits_and_applies_the_adapter(tmp_path: Path) -> None:
+    """The store fits the adapter on its document pairs and corrects with the stored map."""
+    from tests.test_api import add_gapped, client_for, rand, unit
+
+    with client_for(tmp_path) as client:
+        img, _ = add_gapped(client)
+        body = {"method": A, "params": {"epochs": 5, "seed": 2}}
+        r = client.post("/v1/collections/c/transform", json=body)
+        assert r.status_code in (200, 202), r.text
+        deadline = time.monotonic() + 120
+        while (info := client.get("/v1/collections/c/transform").json())["status"] != "active":
+            assert info["error"] is None and time.monotonic() < deadline, info
+            time.sleep(0.1)
+        assert info["active"]["method"] == A
+        assert info["active"]["fit_stats"]["adapter"]["mode"] == "pairs"
+        pair_txt = unit(img + 0.3 * rand(30, seed=3) - np.eye(32, dtype=np.float32)[0] * 4)
+        local = make_transform(A, epochs=5, seed=2).fit(img, pair_txt)
+        r = client.post("/v1/correct", json={"modality": "image", "vectors": img[:3].tolist(),
+                                              "collection": "c"})  # fmt: skip
+        assert r.json()["transform"] == A
+        np.testing.assert_allclose(
+            r.json()["vectors"], local.transform(img[:3], "image"), atol=1e-5
+        )
+        bad = client.post(
+            "/v1/collections/c/transform", json={"method": A, "params": {"init": "x"}}
+        )
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "init"
