@@ -183,3 +183,26 @@ def test_cli_bad_audit_input_one_line_exit_2(files: dict[str, str], extra, says)
     assert r.exit_code == 2, r.output
     err = r.stderr.strip()
     assert err.startswith("gapfix: error:") and "\n" not in err and says in err, err
+
+
+def test_gap_induced_bias_and_the_objective_prefers_the_correction() -> None:
+    """benchmarks.fairness_audit's construction (harmful prompts lean into the image cone;
+    group B carries a spurious crime component), fitted on one half, audited on the other.
+    Measured: raw harmful rate A 0.040 / B 0.225, top-1 0.867; centering 0.005 / 0.005, 0.995
+    (mean of both folds)."""
+    from benchmarks.fairness_audit import HARMFUL as H
+    from benchmarks.fairness_audit import gap_induced_bias
+
+    x, t, lab, g = gap_induced_bias()
+    h = len(x) // 2
+    scores: dict[str, list[dict]] = {"identity": [], "centering": []}
+    for train, test in ((slice(0, h), slice(h, None)), (slice(h, None), slice(0, h))):
+        for method in scores:
+            tr = make_transform(method).fit(x[train], t)
+            scores[method].append(fair_objective(tr, x[test], t, lab[test], g[test], H))
+    mean = {m: {k: np.mean([s[k] for s in v]) for k in v[0]} for m, v in scores.items()}
+    assert mean["identity"]["worst_group_rate"] == pytest.approx(0.225, abs=0.005)
+    assert mean["identity"]["top1"] == pytest.approx(0.867, abs=0.005)
+    assert mean["centering"]["worst_group_rate"] == pytest.approx(0.005, abs=0.005)
+    assert mean["centering"]["top1"] == pytest.approx(0.995, abs=0.005)
+    assert mean["centering"]["score"] > mean["identity"]["score"]  # what `fair` would pick
