@@ -49,6 +49,22 @@ def test_contract_and_training_stats(small, fitted) -> None:
     assert fitted.matrix_image_.shape == (32, 32) and fitted.shift_text_.shape == (32,)
 
 
+def test_torch_threads_are_restored_after_training(small, monkeypatch) -> None:
+    from gapfix.transforms import adapter_training
+
+    x, y = small
+    before, seen, real = torch.get_num_threads(), [], adapter_training._train
+
+    def spy(torch_mod, *args):
+        seen.append(torch_mod.get_num_threads())
+        return real(torch_mod, *args)
+
+    monkeypatch.setattr(adapter_training, "_train", spy)
+    make_transform(A, epochs=2, threads=3).fit(x, y)
+    make_transform(A, epochs=2, threads=0).fit(x, y)
+    assert seen == [3, before] and torch.get_num_threads() == before
+
+
 def test_deterministic_with_a_seed(small, fitted) -> None:
     x, y = small
     again = make_transform(A, epochs=30).fit(x, y)

@@ -34,8 +34,8 @@ class ContrastiveAdapter(GapTransform):
     hard negatives, lam ~ Beta(alpha, alpha)), ``uniform_weight`` (intra-modality
     uniformity), ``pull`` (L2 pull of every parameter toward its initial value),
     ``val_fraction``/``patience`` (early stopping on an inner split), ``batch_size``,
-    ``seed``, ``device`` (``cpu``, ``cuda``, ``auto``) and ``threads`` (torch CPU threads while
-    training; 0 = min(4, CPUs)).
+    ``seed``, ``device`` (``cpu``, ``cuda``, ``auto``) and ``threads`` (torch's process-wide CPU
+    thread count while training, restored after; 0 leaves it as it is).
 
     ``fit(image, text)`` trains on paired rows. ``fit(image, class_text, labels=L)`` trains on
     (image, class prompt) pairs instead: calibration with labelled images, which the label-free

@@ -19,7 +19,6 @@ All randomness (splits, batches, mixup weights) comes from one numpy generator s
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -152,10 +151,11 @@ def train_adapter(
     import torch
 
     device = resolve_device(cfg.device)
-    threads = cfg.threads or min(4, os.cpu_count() or 1)
-    with _THREADS_LOCK:
+    if cfg.threads <= 0:  # leave torch's process-wide setting as it is
+        return _train(torch, image, text, labels, init, cfg, device)
+    with _THREADS_LOCK:  # process-wide: set for this run, restored after
         before = torch.get_num_threads()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(cfg.threads)
         try:
             return _train(torch, image, text, labels, init, cfg, device)
         finally:
