@@ -59,6 +59,11 @@ class AdapterResult:
     stats: dict[str, Any]
 
 
+def _finite(value: float) -> float | None:
+    """``value``, or None when it is NaN/inf (artifact metadata and responses are JSON)."""
+    return float(value) if math.isfinite(value) else None
+
+
 def resolve_device(name: str) -> Any:
     """``cpu``, ``cuda``/``cuda:N``, or ``auto`` (CUDA when available) as a torch.device."""
     import torch
@@ -252,9 +257,9 @@ def _train(
         "val_rows": len(val_idx),
         "epochs_run": int(epochs_run),
         "best_epoch": int(best_epoch),
-        "val_loss_initial": first_val,
-        "val_loss_best": best,
-        "train_loss_last": last_train,
+        "val_loss_initial": _finite(first_val),
+        "val_loss_best": _finite(best),
+        "train_loss_last": _finite(last_train),  # None when training diverged
         "device": str(device),
         "train_seconds": round(time.perf_counter() - t0, 3),
     }
