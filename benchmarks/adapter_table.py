@@ -1,4 +1,4 @@
-"""The README's contrastive-adapter figures: raw, centering and the adapter, cross-fitted.
+"""The README's contrastive-adapter figures: raw, centering, whiten and the adapter, cross-fitted.
 
 2-fold cross-fitting on each dev file (fit on the first half, evaluate on the other half, and
 vice versa; the mean of both folds), then the same over ``SPLITS`` random 2-fold splits (mean
@@ -26,7 +26,13 @@ DATA = {
     "COCO (CLIP ViT-B/16, 250 pairs)": FIXTURES / "coco_val2017_clip_vitb16_dev250.npz",
     "ConVIRT (500 pairs)": FIXTURES / "convirt_dev500.npz",
 }
-METHODS = [("identity", {}), ("centering", {}), ("contrastive-adapter", {})]
+METHODS = [
+    ("identity", {}),
+    ("centering", {}),
+    ("whiten", {"shrinkage": 0.9}),
+    ("contrastive-adapter", {}),
+    ("contrastive-adapter", {"init": "whiten"}),
+]
 SPLITS = 5
 
 
@@ -103,8 +109,9 @@ def main() -> None:
             )
             m, s = spread.mean(axis=0), spread.std(axis=0)
             rnd = " | ".join(f"{m[i]:.3f} ± {s[i]:.3f}" for i in range(4))
+            label = method + "".join(f" ({k}={v})" for k, v in params.items())
             print(
-                f"| {method} | {fixed[0]:.3f} | {fixed[1]:.3f} | {fixed[2]:.3f} | "
+                f"| {label} | {fixed[0]:.3f} | {fixed[1]:.3f} | {fixed[2]:.3f} | "
                 f"{fixed[3]:.3f} | {fixed[4]:.2f} | {rnd} |"
             )
     with np.load(DATA["COCO (CLIP ViT-B/16, 250 pairs)"]) as d:
