@@ -29,7 +29,7 @@ def gap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_registry_names_match_cli() -> None:
-    assert set(METHODS) == {*SIMPLE, "auto"}
+    assert set(METHODS) == {*SIMPLE, "contrastive-adapter", "auto"}
     for name, cls in TRANSFORMS.items():
         assert cls.method == name
 

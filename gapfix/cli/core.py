@@ -123,7 +123,8 @@ def fit(
         str,
         typer.Option(
             "--method",
-            help="identity, mean-shift, target-gap, centering, standardize, whiten, ablate-dims, procrustes, auto",
+            help="identity, mean-shift, target-gap, centering, standardize, whiten, ablate-dims, "
+            "procrustes, contrastive-adapter, auto",
         ),
     ],
     image: Annotated[str | None, typer.Option("--image", help="Image embeddings")] = None,
@@ -193,8 +194,12 @@ def fit(
             raise InputError("fit needs --image and --text (or --manifest)", "--image")
         x, y = _load_pair(image, text)
         lab = _load_labels(labels)
-        if lab is not None and method != "auto":
-            raise InputError("--labels is used by --method auto --objective zeroshot", "--labels")
+        if lab is not None and method not in ("auto", "contrastive-adapter"):
+            raise InputError(
+                "--labels is used by --method auto --objective zeroshot and by "
+                "--method contrastive-adapter (labelled calibration)",
+                "--labels",
+            )
         if query_text is not None:
             q = check_embeddings(
                 load_array(query_text, param="--query-text"), "--query-text", min_rows=2,
@@ -207,6 +212,12 @@ def fit(
     st = transform.fit_stats_
     if method == "auto":
         _print_fit_table(transform.fit_table_)
+    if "adapter" in st:
+        a = st["adapter"]
+        console.print(
+            f"trained on {a['mode']} ({a['train_rows']} rows, {a['val_rows']} held out): best "
+            f"epoch {a['best_epoch']} of {a['epochs_run']}, {a['train_seconds']:.1f}s on {a['device']}"
+        )
     console.print(
         f"[bold]{transform.method}[/bold] -> {out}: gap {st['gap_before']:.4f} -> "
         f"{st['gap_after']:.4f} (image rows {st['n_image']}, text rows {st['n_text']}, dim {st['dim']})"
@@ -278,21 +289,54 @@ def evaluate_cmd(
         Path | None, typer.Option("--transform", help="Artifact to evaluate")
     ] = None,
     labels: LabelsOpt = None,
+    groups: Annotated[
+        str | None,
+        typer.Option(
+            "--groups",
+            help="Fairness audit: a group label per image row; --text holds one row per class",
+        ),
+    ] = None,
+    harmful: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--harmful",
+            help="Class indices counted harmful: 'i,j', 'NAME=i,j' or a file (repeatable, "
+            "one category each)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Retrieval quality before/after a transform: cross-modal, mixed-modality, zero-shot."""
+    """Retrieval quality before/after a transform: cross-modal, mixed-modality, zero-shot;
+    with --groups/--harmful, the fairness audit (harmful-label rate per group)."""
+    from gapfix.cli._fairness import check_audit_options, load_groups, print_audit
     from gapfix.evaluation import evaluate, flatten_metrics
+    from gapfix.fairness import fairness_audit, parse_harmful
     from gapfix.transforms.artifact import load_transform
 
+    check_audit_options(groups, harmful)
     x, y = _load_pair(image, text)
     lab = _load_labels(labels)
+    audit_inputs = None
+    if groups is not None:
+        audit_inputs = (load_groups(groups), parse_harmful(list(harmful or []), y.shape[0]))
     t = load_transform(transform) if transform is not None else None
     if t is not None and t.dim_ != x.shape[1]:
         raise InputError(
             f"embeddings have dimension {x.shape[1]} but the transform was fitted on {t.dim_}",
             "--transform",
         )
-    result = evaluate(x, y, transform=t, labels=lab)
+    if audit_inputs is not None:
+        audit = fairness_audit(x, y, audit_inputs[0], audit_inputs[1], transform=t, labels=lab)
+        result = evaluate(x, y, transform=t, labels=lab) if lab is not None else {}
+        result["fairness"] = audit
+        if as_json:
+            typer.echo(json.dumps(result))
+            return
+        print_audit(console, audit, t.method if t else None)
+        if lab is None:
+            return
+    else:
+        result = evaluate(x, y, transform=t, labels=lab)
     if as_json:
         typer.echo(json.dumps(result))
         return

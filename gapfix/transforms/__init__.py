@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gapfix.errors import InputError
+from gapfix.transforms.adapter import ContrastiveAdapter
 from gapfix.transforms.auto import OBJECTIVES, AutoTransform
 from gapfix.transforms.base import GapTransform, Kernel
 from gapfix.transforms.methods import (
@@ -29,6 +30,7 @@ TRANSFORMS: dict[str, type[GapTransform]] = {
         Whiten,
         AblateDims,
         Procrustes,
+        ContrastiveAdapter,
         AutoTransform,
     )
 }
@@ -100,6 +102,7 @@ __all__ = [
     "AblateDims",
     "AutoTransform",
     "Centering",
+    "ContrastiveAdapter",
     "GapTransform",
     "Identity",
     "Kernel",

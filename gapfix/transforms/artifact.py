@@ -142,7 +142,13 @@ def load_transform(path: str | os.PathLike[str]) -> Any:
     return transform
 
 
-MATRIX_ARRAYS = ("whitener_image_", "whitener_text_", "rotation_")
+MATRIX_ARRAYS = (
+    "whitener_image_",
+    "whitener_text_",
+    "rotation_",
+    "matrix_image_",
+    "matrix_text_",
+)
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], dim: int, path: Any) -> None:
