@@ -27,6 +27,7 @@ from service.routers import (
     items,
     search,
     transform,
+    transforms,
     ui,
 )
 from service.settings import Settings
@@ -52,6 +53,7 @@ TAGS = [
     {"name": "search", "description": "Mixed-modality search, corrected or raw."},
     {"name": "gap", "description": "Modality-gap statistics of a collection."},
     {"name": "transform", "description": "Fit and activate gap-closing transforms."},
+    {"name": "transforms", "description": "Named transforms, independent of collections."},
     {"name": "health", "description": "Liveness, readiness, metrics, capabilities."},
 ]
 
@@ -86,7 +88,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gapfix = state
     errors.install(app)
-    modules = (health, embed, correct, collections, items, search, gap, transform, ui)
+    modules = (
+        health,
+        embed,
+        correct,
+        collections,
+        items,
+        search,
+        gap,
+        transform,
+        transforms,
+        ui,
+    )
     for module in modules:
         app.include_router(module.router)
 

@@ -11,6 +11,7 @@ from anyio import to_thread
 
 from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
 from gapfix.store import NotFoundError, Store
+from gapfix.transforms.registry import TransformRegistry
 from service.search_batching import SearchBatcher
 from service.settings import Settings
 
@@ -25,6 +26,7 @@ class AppState:
 
     settings: Settings
     store: Store | None = None
+    transforms: TransformRegistry | None = None  # named transforms (data_dir/transforms)
     encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
     batcher: Any = None  # gapfix.encoders.MicroBatcher
     searcher: SearchBatcher = field(default_factory=SearchBatcher)
@@ -73,6 +75,16 @@ class AppState:
             lambda: Store(s.data_dir, flush_interval=s.flush_interval_s)
         )
         log.info("store opened at %s (%d collections)", s.data_dir, len(self.store.names()))
+        self.transforms = await to_thread.run_sync(
+            lambda: TransformRegistry(s.data_dir / "transforms")
+        )
+        if s.default_transform and s.default_transform not in self.transforms.names():
+            log.warning(
+                "GAPFIX_DEFAULT_TRANSFORM=%s is not registered yet: PUT /v1/transforms/%s; "
+                "until then calls that rely on it answer 404",
+                s.default_transform,
+                s.default_transform,
+            )
         self.started = True
 
     def _load_model(self) -> None:
@@ -101,6 +113,8 @@ class AppState:
         self.stopping = True
         if self.batcher is not None:
             await self.batcher.aclose()
+        if self.transforms is not None:
+            self.transforms.close()
         if self.store is not None:
             await to_thread.run_sync(self.store.close)
         self.started = False
