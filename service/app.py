@@ -25,10 +25,13 @@ from service.routers import (
     gap,
     health,
     items,
+    openai,
     search,
+    tei,
     transform,
     transforms,
     ui,
+    weaviate,
 )
 from service.settings import Settings
 from service.state import AppState
@@ -55,6 +58,9 @@ TAGS = [
     {"name": "transform", "description": "Fit and activate gap-closing transforms."},
     {"name": "transforms", "description": "Named transforms, independent of collections."},
     {"name": "health", "description": "Liveness, readiness, metrics, capabilities."},
+    {"name": "openai", "description": "OpenAI-compatible embeddings and models."},
+    {"name": "tei", "description": "Hugging Face text-embeddings-inference contract."},
+    {"name": "weaviate", "description": "Weaviate multi2vec-clip inference contract."},
 ]
 
 
@@ -98,6 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gap,
         transform,
         transforms,
+        openai,
+        tei,
+        weaviate,
         ui,
     )
     for module in modules:
