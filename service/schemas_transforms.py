@@ -27,6 +27,9 @@ class TransformFit(BaseModel):
     objective: Objective | None = Field(None, description="auto's objective (default balanced).")
     image: list[Vector] | None = Field(None, description="Image calibration vectors (rows).")
     text: list[Vector] | None = Field(None, description="Text calibration vectors (rows).")
+    query_text: list[Vector] | None = Field(
+        None, description="Query-text rows (centering with params.query_text_mean=true)."
+    )
     labels: list[int] | None = Field(
         None, description="Zero-shot class per image row (objective zeroshot)."
     )
@@ -40,7 +43,8 @@ class TransformFit(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> TransformFit:
-        fitting = any(v is not None for v in (self.method, self.image, self.text, self.labels))
+        given = (self.method, self.image, self.text, self.labels, self.query_text)
+        fitting = any(v is not None for v in given)
         if self.from_collection is not None:
             if fitting or self.params or self.objective is not None:
                 raise ValueError("`from_collection` takes no method, params, vectors or labels")

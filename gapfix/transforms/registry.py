@@ -273,6 +273,7 @@ class TransformRegistry:
         replace: bool = False,
         wait_seconds: float | None = None,
         model_id: str | None = None,
+        query_text: Any = None,
     ) -> bool:
         """Fit ``method`` on calibration vectors and register it as ``name`` in the background.
 
@@ -298,6 +299,14 @@ class TransformRegistry:
             labels = check_labels(labels, img.shape[0], txt.shape[0])
         elif transform.paired:
             check_paired(img, txt, f"method {method!r}")
+        extra: dict[str, Any] = {}
+        if bool(getattr(transform, "query_text_mean", False)) != (query_text is not None):
+            raise InputError(
+                "query_text goes with method centering and params.query_text_mean=true",
+                param="query_text",
+            )
+        if query_text is not None:
+            extra["query_text"] = check_embeddings(query_text, "query_text", min_rows=2)
         with self._write_lock, self._lock:
             self._check_open()
             job = self._jobs.get(name)
@@ -309,7 +318,7 @@ class TransformRegistry:
                 )
             job = _FitJob(name, method, time.time())
             job.future = self._executor.submit(
-                self._run_fit, job, transform, img, txt, labels, replace, model_id
+                self._run_fit, job, transform, img, txt, labels, replace, model_id, extra
             )
             self._jobs[name] = job
         try:
@@ -332,9 +341,10 @@ class TransformRegistry:
         labels: Any,
         replace: bool,
         model_id: str | None,
+        extra: dict[str, Any],
     ) -> None:
         try:
-            transform.fit(img, txt, labels)
+            transform.fit(img, txt, labels, **extra)
             self.put_transform(job.name, transform, replace=replace, model_id=model_id)
             with self._lock:
                 if self._jobs.get(job.name) is job:

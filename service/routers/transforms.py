@@ -111,6 +111,7 @@ async def fit_transform(
             labels=req.labels,
             replace=req.replace,
             wait_seconds=wait,
+            query_text=req.query_text,
         )
     )
     response.status_code = 201 if done else 202
