@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gapfix.errors import GapfixError
-from service.errors import ApiError, _loc_param, status_of
+from service.errors import STATUS_TYPES, ApiError, _loc_param, status_of
 from service.routing import JSONRoute
 
 log = logging.getLogger("gapfix.service")
@@ -99,8 +99,8 @@ def openai_error(
 class OpenAIRoute(_CompatRoute):
     @staticmethod
     def render(status: int, message: str, param: str | None, kind: str | None) -> Response:
-        generic = {"invalid_request", "not_found", "conflict", "payload_too_large", None}
-        code = kind if kind not in generic else OPENAI_CODES.get(status)
+        generic = kind is None or kind in STATUS_TYPES.values()
+        code = OPENAI_CODES.get(status) if generic else kind
         return openai_error(status, message, param, code)
 
 
