@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from gapfix import __version__
 from gapfix.encoders import ModelLoadError
 from service import errors
+from service.compat_errors import ContractErrorMiddleware
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routers import (
     collections,
@@ -112,8 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in modules:
         app.include_router(module.router)
 
-    # Added innermost first: CORS (optional) wraps metrics, which wraps the body limit.
+    # Added innermost first: CORS (optional) wraps metrics, which wraps the contracts' error
+    # shapes (OpenAI, TEI, Weaviate routes), which wrap the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ContractErrorMiddleware)
     routes = [route for module in modules for route in module.router.routes]
     app.add_middleware(MetricsMiddleware, routes=routes)
     if settings.origins:

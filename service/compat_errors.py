@@ -8,7 +8,9 @@
   decodes the body into a struct whose ``error`` is a string and reports it with the status.
 
 A route class per contract catches what the route (and its dependencies: auth, body
-validation) raises and answers in that shape; everything else keeps gapfix's envelope.
+validation) raises and answers in that shape; ``ContractErrorMiddleware`` rewrites what is
+answered before any route runs (405, the body limit's 413). Other routes keep gapfix's
+envelope.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import orjson
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gapfix.errors import GapfixError
 from service.errors import STATUS_TYPES, ApiError, _loc_param, status_of
@@ -126,3 +130,71 @@ class WeaviateRoute(_CompatRoute):
     def render(status: int, message: str, param: str | None, kind: str | None) -> Response:
         where = f"{param}: " if param and not message.startswith(param) else ""
         return JSONResponse({"error": where + message}, status_code=status)
+
+
+def contract_of(path: str) -> str | None:
+    """Which contract a request path belongs to (None: gapfix's own routes)."""
+    if path == "/v1/embeddings" or path == "/v1/models" or path.startswith("/v1/models/"):
+        return "openai"
+    if path in ("/embed", "/info", "/health"):
+        return "tei"
+    if path in ("/vectorize", "/meta") or path.startswith("/.well-known/"):
+        return "weaviate"
+    return None
+
+
+RENDERERS = {"openai": OpenAIRoute.render, "tei": TEIRoute.render, "weaviate": WeaviateRoute.render}
+
+
+class ContractErrorMiddleware:
+    """Errors answered before a contract's route runs (405, the body limit's 413, ...) come in
+    gapfix's envelope; this rewrites them into the contract's shape. Other responses pass."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        contract = contract_of(scope.get("path", "")) if scope["type"] == "http" else None
+        if contract is None:
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
+                if message["status"] >= 400 and ctype.startswith(b"application/json"):
+                    start = message
+                    return
+            elif start is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await _rewrite(send, start, b"".join(chunks), contract)
+                return
+            await send(message)
+
+        await self.app(scope, receive, capture)
+
+
+async def _rewrite(send: Send, start: Message, body: bytes, contract: str) -> None:
+    try:
+        err = orjson.loads(body)["error"]
+        if set(err) != {"type", "message", "param"}:
+            raise TypeError("not gapfix's envelope")
+        status, message, param, kind = start["status"], err["message"], err["param"], err["type"]
+    except (ValueError, KeyError, TypeError):  # already in the contract's shape
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+        return
+    resp = RENDERERS[contract](status, message, param, kind)
+    headers = [
+        (k, v)
+        for k, v in start.get("headers", [])
+        if k.lower() not in (b"content-length", b"content-type")
+    ]
+    headers += [(b"content-type", b"application/json"),
+                (b"content-length", str(len(resp.body)).encode())]  # fmt: skip
+    await send({"type": "http.response.start", "status": resp.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": resp.body})

@@ -183,9 +183,19 @@ def test_openai_bad_input_is_a_4xx_in_openai_shape(client: TestClient) -> None:
     assert after == before  # nothing written
 
 
-def test_openai_401_in_openai_shape(tmp_path: Path) -> None:
-    app = create_app(settings(tmp_path, api_keys=KEY, protect_reads=True))
+def test_errors_before_routing_and_401_in_each_shape(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path, api_keys=KEY, protect_reads=True, max_body_bytes=1024))
     with TestClient(app) as c:
+        big = {"model": MODEL, "input": "x" * 2000}
+        r = c.post("/v1/embeddings", json=big, headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"
+        r = c.put("/v1/embeddings", json={})
+        assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+        r = c.get("/embed")
+        assert r.status_code == 405 and set(r.json()) == {"error", "error_type"}
+        r = c.post("/vectorize", json={"texts": ["x" * 2000]})
+        assert r.status_code == 413 and isinstance(r.json()["error"], str)
+        assert c.get("/v1/nothing-here").json()["error"]["type"] == "not_found"  # gapfix's
         r = c.post("/v1/embeddings", json={"model": MODEL, "input": "x"})
         assert r.status_code == 401
         assert r.json()["error"]["code"] == "invalid_api_key"

@@ -16,6 +16,7 @@ from service.compat_errors import TEIRoute, tei_error
 from service.deps import StateDep, require_read
 from service.errors import ApiError
 from service.schemas_compat import TEIEmbedRequest, TEIError, TEIInfo
+from service.state import AppState
 
 router = APIRouter(route_class=TEIRoute, tags=["tei"])
 
@@ -26,9 +27,10 @@ TEI_ERRORS = {
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
-def _require_model(state) -> None:
+def _require_model(state: AppState) -> None:
     if state.batcher is None:
-        raise ApiError(503, "no model is loaded (vectors mode)", type="not_ready")
+        raise ApiError(400, "this server runs in vectors mode (no model loaded)",
+                       type="model_unavailable")  # fmt: skip
 
 
 @router.post(

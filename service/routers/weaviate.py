@@ -34,7 +34,8 @@ async def vectorize(req: VectorizeRequest, state: StateDep) -> Response:
     """``{texts, images (base64)}`` -> ``{textVectors, imageVectors}``, through the default
     transform when one is set."""
     if state.batcher is None:
-        raise ApiError(503, "no model is loaded (vectors mode)", type="not_ready")
+        raise ApiError(400, "this server runs in vectors mode (no model loaded)",
+                       type="model_unavailable")  # fmt: skip
     texts, images = req.texts or [], req.images or []
     check_counts(state, len(texts), len(images))
     target = correcting.default(state)
