@@ -149,6 +149,14 @@ class AppState:
                         f"collection {name!r}: active transform has dimension "
                         f"{int(transform.dim_)}, the collection {cdim}"
                     )
+        default = self.settings.default_transform
+        entry = None if default is None or self.transforms is None else (
+            self.transforms.get_or_none(default))  # fmt: skip
+        if entry is not None and self.dim is not None and entry.dim != self.dim:
+            problems.append(
+                f"default transform {default!r} (GAPFIX_DEFAULT_TRANSFORM) has dimension "
+                f"{entry.dim} but the model {self.model_id} embeds in {self.dim}"
+            )
         return not problems, {
             "problems": problems,
             "model": self.model_id,

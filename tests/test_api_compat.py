@@ -283,3 +283,11 @@ def test_default_transform(tmp_path: Path, calib) -> None:
         # an explicit null asks for raw vectors
         r = c.post("/v1/embeddings", json={"model": MODEL, "input": texts, "transform": None})
         assert np.allclose(vectors(r), raw["texts"], atol=1e-6)
+        # a default of another dimension: not ready, and the calls relying on it say why
+        assert c.get("/readyz").status_code == 200
+        wide = transform_bytes(make_transform("centering").fit(*make_gapped(50, 64)))
+        c.put("/v1/transforms/dflt?replace=true", content=wide, headers=OCTET)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "GAPFIX_DEFAULT_TRANSFORM" in r.json()["error"]["message"]
+        r = c.post("/vectorize", json={"texts": ["x"]})
+        assert r.status_code == 409 and "64" in r.json()["error"] and "32" in r.json()["error"]
