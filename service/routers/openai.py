@@ -85,13 +85,6 @@ def _inputs(req: EmbeddingsRequest) -> list[str]:
     return items
 
 
-def _tokens(state: AppState, texts: list[str]) -> int:
-    """Tokens the model's tokenizer makes of ``texts`` (start/end tokens included)."""
-    if not texts:
-        return 0
-    return int((state.encoder.tokenize(texts) != 0).sum())
-
-
 @router.post(
     "/embeddings",
     response_model=EmbeddingsResponse,
@@ -120,17 +113,17 @@ async def embeddings(req: EmbeddingsRequest, state: StateDep) -> Response:
         state, req.transform, req.collection, use_default=not explicit and not req.collection
     )
     correcting.check_model_dim(state, target)
-    if req.modality == "text":
-        raw = await state.batcher.encode_texts(texts)
+    if req.modality == "text":  # usage: the model tokenizer's count, from the same pass
+        raw, tokens = await state.batcher.encode_texts_counted(texts)
     else:
         images = await load_image_inputs(state, items)
-        raw = await state.batcher.encode_images(images)
+        raw, tokens = await state.batcher.encode_images(images), 0
 
-    def finish() -> tuple[np.ndarray, int]:
+    def finish() -> np.ndarray:
         out = target.apply(raw, req.modality, req.role) if target.transform is not None else raw
-        return np.ascontiguousarray(out, dtype="<f4"), _tokens(state, texts)
+        return np.ascontiguousarray(out, dtype="<f4")
 
-    vectors, tokens = await run_in_threadpool(finish)
+    vectors = await run_in_threadpool(finish) if target.transform is not None else finish()
     if req.encoding_format == "base64":
         rows: Any = [base64.b64encode(v.tobytes()).decode() for v in vectors]
     else:
