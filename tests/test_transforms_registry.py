@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -126,6 +127,41 @@ def test_fit_sync_async_and_failure(tmp_path: Path, data) -> None:
         reg.fit("q", "centering", img, txt, query_text=q)
     reg.fit("q", "centering", img, txt, params={"query_text_mean": True}, query_text=q)
     assert reg.describe("q")["has_query_text_mean"] is True
+    reg.close()
+
+
+def test_a_fit_failing_in_the_background_is_reported(tmp_path: Path, data, monkeypatch) -> None:
+    from gapfix.transforms import Centering
+
+    img, txt = data
+    reg = TransformRegistry(tmp_path)
+    release = threading.Event()
+
+    def broken(self, *args, **kwargs):
+        release.wait(10)
+        raise RuntimeError("the fit broke")
+
+    monkeypatch.setattr(Centering, "fit", broken)
+    assert reg.fit("f", "centering", img, txt, wait_seconds=0) is False
+    assert reg.describe("f")["status"] == "fitting"
+    release.set()
+    deadline = time.monotonic() + 10
+    while reg.describe("f")["status"] == "fitting" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    info = reg.describe("f")
+    assert info["status"] == "failed" and "the fit broke" in info["error"]
+    assert [t["name"] for t in reg.list()] == ["f"] and reg.names() == []
+    assert files(tmp_path) == []
+    reg.delete("f")  # clears the failed record
+    with pytest.raises(NotFoundError):
+        reg.describe("f")
+    # a failure within the wait is raised to the caller and leaves no record
+    release.set()
+    with pytest.raises(RuntimeError, match="the fit broke"):
+        reg.fit("g", "centering", img, txt, wait_seconds=10)
+    assert reg.list() == []
+    with pytest.raises(InputError, match="zeroshot"):
+        reg.fit("z", "auto", img, txt, params={"objective": "zeroshot"})
     reg.close()
 
 

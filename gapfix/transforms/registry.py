@@ -295,6 +295,9 @@ class TransformRegistry:
         img = check_embeddings(image, "image", min_rows=2)
         txt = check_embeddings(text, "text", min_rows=2)
         check_same_dim(img, txt)
+        if getattr(transform, "objective", None) == "zeroshot" and labels is None:
+            raise InputError("objective 'zeroshot' needs labels (one class per image row)",
+                             param="labels")  # fmt: skip
         if labels is not None:
             labels = check_labels(labels, img.shape[0], txt.shape[0])
         elif transform.paired:
