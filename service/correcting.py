@@ -55,8 +55,8 @@ def _registry(state: AppState) -> Any:
     return state.transforms
 
 
-def named(state: AppState, name: str, param: str = "transform") -> Target:
-    """The named transform as a Target (404 naming ``param`` when there is none)."""
+def named(state: AppState, name: str) -> Target:
+    """The named transform as a Target (404 when there is none)."""
     entry = _registry(state).get(name)
     return Target(entry.transform, entry.fingerprint, entry.name, None, entry.dim)
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -84,8 +84,12 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-OpenAIErrorBody = Annotated[dict, Field(description="{message, type, param, code}")]
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, rate_limit_error or server_error.")
+    param: str | None
+    code: str | None = Field(description="e.g. model_not_found, invalid_api_key.")
 
 
 class OpenAIError(BaseModel):
-    error: OpenAIErrorBody
+    error: OpenAIErrorDetail
