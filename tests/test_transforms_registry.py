@@ -150,7 +150,7 @@ def test_a_fit_failing_in_the_background_is_reported(tmp_path: Path, data, monke
         time.sleep(0.02)
     info = reg.describe("f")
     assert info["status"] == "failed" and "the fit broke" in info["error"]
-    assert [t["name"] for t in reg.list()] == ["f"] and reg.names() == []
+    assert [t["name"] for t in reg.list_transforms()] == ["f"] and reg.names() == []
     assert files(tmp_path) == []
     reg.delete("f")  # clears the failed record
     with pytest.raises(NotFoundError):
@@ -159,7 +159,7 @@ def test_a_fit_failing_in_the_background_is_reported(tmp_path: Path, data, monke
     release.set()
     with pytest.raises(RuntimeError, match="the fit broke"):
         reg.fit("g", "centering", img, txt, wait_seconds=10)
-    assert reg.list() == []
+    assert reg.list_transforms() == []
     with pytest.raises(InputError, match="zeroshot"):
         reg.fit("z", "auto", img, txt, params={"objective": "zeroshot"})
     reg.close()

@@ -167,7 +167,7 @@ class TransformRegistry:
             out["error"] = job.error
         return out
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_transforms(self) -> list[dict[str, Any]]:
         """Summaries of every transform and every running or failed fit, by name."""
         with self._lock:
             names = sorted(set(self._entries) | set(self._jobs))

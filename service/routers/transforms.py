@@ -127,7 +127,7 @@ async def fit_transform(
 )
 async def list_transforms(registry: TransformsDep) -> dict[str, Any]:
     """Every named transform (and every running or failed fit), by name."""
-    return {"transforms": registry.list()}
+    return {"transforms": registry.list_transforms()}
 
 
 @router.get(
