@@ -45,3 +45,9 @@ COLLECTION_GAP = Gauge(
     "Centroid modality gap per collection, raw and corrected.",
     ["collection", "space"],
 )
+TRANSFORM_GAP = Gauge(
+    "gapfix_transform_gap",
+    "Centroid modality gap of each named transform's calibration data, before (raw) and after"
+    " (corrected) the transform.",
+    ["transform", "space"],
+)

@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from gapfix import __version__
 from gapfix.encoders import ModelLoadError
 from service import errors
+from service.compat_errors import ContractErrorMiddleware
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routers import (
     collections,
@@ -25,9 +26,13 @@ from service.routers import (
     gap,
     health,
     items,
+    openai,
     search,
+    tei,
     transform,
+    transforms,
     ui,
+    weaviate,
 )
 from service.settings import Settings
 from service.state import AppState
@@ -52,7 +57,11 @@ TAGS = [
     {"name": "search", "description": "Mixed-modality search, corrected or raw."},
     {"name": "gap", "description": "Modality-gap statistics of a collection."},
     {"name": "transform", "description": "Fit and activate gap-closing transforms."},
+    {"name": "transforms", "description": "Named transforms, independent of collections."},
     {"name": "health", "description": "Liveness, readiness, metrics, capabilities."},
+    {"name": "openai", "description": "OpenAI-compatible embeddings and models."},
+    {"name": "tei", "description": "Hugging Face text-embeddings-inference contract."},
+    {"name": "weaviate", "description": "Weaviate multi2vec-clip inference contract."},
 ]
 
 
@@ -86,12 +95,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gapfix = state
     errors.install(app)
-    modules = (health, embed, correct, collections, items, search, gap, transform, ui)
+    modules = (
+        health,
+        embed,
+        correct,
+        collections,
+        items,
+        search,
+        gap,
+        transform,
+        transforms,
+        openai,
+        tei,
+        weaviate,
+        ui,
+    )
     for module in modules:
         app.include_router(module.router)
 
-    # Added innermost first: CORS (optional) wraps metrics, which wraps the body limit.
+    # Added innermost first: CORS (optional) wraps metrics, which wraps the contracts' error
+    # shapes (OpenAI, TEI, Weaviate routes), which wrap the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ContractErrorMiddleware)
     routes = [route for module in modules for route in module.router.routes]
     app.add_middleware(MetricsMiddleware, routes=routes)
     if settings.origins:

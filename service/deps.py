@@ -9,6 +9,7 @@ from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from gapfix.store import Collection, CollectionStore
+from gapfix.transforms.registry import TransformRegistry
 from service.errors import ApiError
 from service.settings import Settings
 from service.state import AppState
@@ -33,6 +34,13 @@ def get_store(state: Annotated[AppState, Depends(get_state)]) -> CollectionStore
     if state.store is None or not state.started or state.stopping:
         raise ApiError(503, "the service is not ready", type="not_ready")
     return state.store
+
+
+def get_transforms(state: Annotated[AppState, Depends(get_state)]) -> TransformRegistry:
+    """The named-transform registry; 503 before start-up finished or after shutdown began."""
+    if state.transforms is None or not state.started or state.stopping:
+        raise ApiError(503, "the service is not ready", type="not_ready")
+    return state.transforms
 
 
 def get_collection(
@@ -89,4 +97,5 @@ StateDep = Annotated[AppState, Depends(get_state)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[CollectionStore, Depends(get_store)]
 CollectionDep = Annotated[Collection, Depends(get_collection)]
+TransformsDep = Annotated[TransformRegistry, Depends(get_transforms)]
 BatcherDep = Annotated[Any, Depends(get_batcher)]

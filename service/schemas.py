@@ -21,6 +21,20 @@ Vector = Annotated[
 CollectionName = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="1-64 letters, digits, '_' or '-'.")
 ]
+TransformName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="A named transform (PUT /v1/transforms/{name}); an alternative to "
+        "`collection`.",
+    ),
+]
+Role = Literal["query", "document"]
+ROLE_FIELD = Field(
+    "document",
+    description="`query` applies the artifact's query-text mean to texts where it has one; "
+    "`document` (default) the text map.",
+)
 ItemId = Annotated[str, Field(min_length=1, max_length=256, description="Client-chosen id.")]
 Base64Image = Annotated[
     str,
@@ -79,6 +93,8 @@ class EmbedRequest(_Model):
     collection: CollectionName | None = Field(
         None, description="Collection whose transform corrects."
     )
+    transform: TransformName | None = None
+    role: Role = ROLE_FIELD
 
 
 class EmbedResponse(BaseModel):
@@ -86,6 +102,8 @@ class EmbedResponse(BaseModel):
     dim: int
     corrected: bool
     transform: str | None = Field(description="Method of the transform applied, if any.")
+    transform_name: str | None = Field(None, description="The named transform applied, if any.")
+    fingerprint: str | None = Field(None, description="Content hash of the transform applied.")
     texts: list[list[float]] = Field(description="One unit vector per text, in order.")
     images: list[list[float]] = Field(
         description="One unit vector per image, in order: `images` (or uploaded files), then "
@@ -102,13 +120,25 @@ class CorrectRequest(_Model):
     )
     modality: Modality = Field(description="Modality of the vectors.")
     vectors: list[Vector] = Field(min_length=1, description="Raw vectors to correct.")
-    collection: CollectionName = Field(description="Collection whose active transform applies.")
+    collection: CollectionName | None = Field(
+        None, description="Collection whose active transform applies."
+    )
+    transform: TransformName | None = None
+    role: Role = ROLE_FIELD
+
+    @model_validator(mode="after")
+    def _one_target(self) -> CorrectRequest:
+        if (self.collection is None) == (self.transform is None):
+            raise ValueError("give exactly one of `collection` and `transform`")
+        return self
 
 
 class CorrectResponse(BaseModel):
-    collection: str
+    collection: str | None = Field(description="The collection named, if any.")
     modality: Modality
     transform: str | None = Field(description="Method of the active transform (None: identity).")
+    transform_name: str | None = Field(None, description="The named transform applied, if any.")
+    fingerprint: str | None = Field(None, description="Content hash of the transform applied.")
     vectors: list[list[float]] = Field(description="Corrected unit vectors, in order.")
 
 

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         5.0, ge=0, description="how long POST .../transform waits before answering 202"
     )
     flush_interval_s: float = Field(30.0, gt=0, description="index files flushed this often")
+    default_transform: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="named transform applied where a caller cannot name one (TEI /embed,"
+        " Weaviate /vectorize, /v1/embeddings without `transform`)",
+    )
     faiss_blas_threshold: int = Field(
         16_384,
         ge=1,
@@ -81,6 +87,11 @@ class Settings(BaseSettings):
     def _check_allow(cls, v: str) -> str:
         AllowList.parse(v)  # a bad entry stops start-up, naming it
         return v
+
+    @field_validator("default_transform", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @property
     def vectors_mode(self) -> bool:

@@ -11,6 +11,7 @@ from anyio import to_thread
 
 from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
 from gapfix.store import CollectionStore, NotFoundError, Store
+from gapfix.transforms.registry import TransformRegistry
 from service.fetching import ImageFetcher
 from service.search_batching import SearchBatcher
 from service.settings import Settings
@@ -26,6 +27,7 @@ class AppState:
 
     settings: Settings
     store: CollectionStore | None = None
+    transforms: TransformRegistry | None = None  # named transforms (data_dir/transforms)
     encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
     batcher: Any = None  # gapfix.encoders.MicroBatcher
     searcher: SearchBatcher = field(default_factory=SearchBatcher)
@@ -76,6 +78,16 @@ class AppState:
             lambda: Store(s.data_dir, flush_interval=s.flush_interval_s)
         )
         log.info("store opened at %s (%d collections)", s.data_dir, len(self.store.names()))
+        self.transforms = await to_thread.run_sync(
+            lambda: TransformRegistry(s.data_dir / "transforms")
+        )
+        if s.default_transform and s.default_transform not in self.transforms.names():
+            log.warning(
+                "GAPFIX_DEFAULT_TRANSFORM=%s is not registered yet: PUT /v1/transforms/%s; "
+                "until then calls that rely on it answer 404",
+                s.default_transform,
+                s.default_transform,
+            )
         self.started = True
 
     def _load_model(self) -> None:
@@ -107,6 +119,8 @@ class AppState:
         if self.fetcher is not None:
             await self.fetcher.aclose()
             self.fetcher = None
+        if self.transforms is not None:
+            self.transforms.close()
         if self.store is not None:
             await to_thread.run_sync(self.store.close)
         self.started = False
@@ -141,6 +155,14 @@ class AppState:
                         f"collection {name!r}: active transform has dimension "
                         f"{int(transform.dim_)}, the collection {cdim}"
                     )
+        default = self.settings.default_transform
+        entry = None if default is None or self.transforms is None else (
+            self.transforms.get_or_none(default))  # fmt: skip
+        if entry is not None and self.dim is not None and entry.dim != self.dim:
+            problems.append(
+                f"default transform {default!r} (GAPFIX_DEFAULT_TRANSFORM) has dimension "
+                f"{entry.dim} but the model {self.model_id} embeds in {self.dim}"
+            )
         return not problems, {
             "problems": problems,
             "model": self.model_id,

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, settings
 
 from gapfix.store import ItemIn
 from service.app import create_app
+from service.compat_errors import contract_of
 from service.settings import Settings
 
 pytestmark = pytest.mark.slow  # ~20 operations x 25 examples: 30-60 s on 2 cores
@@ -49,8 +50,19 @@ _photos.add(
 )
 def test_no_server_errors(case) -> None:
     response = case.call()
-    assert response.status_code < 500, (case.method, case.path, response.text[:500])
-    if response.status_code >= 400:
+    # the probes of the TEI and Weaviate contracts answer "not ready" with 503 in vectors mode
+    probe = case.path in ("/health", "/.well-known/ready") and response.status_code == 503
+    assert response.status_code < 500 or probe, (case.method, case.path, response.text[:500])
+    if response.status_code >= 400 and response.content:
         body = response.json()
-        assert set(body) == {"error"}, body
-        assert set(body["error"]) == {"type", "message", "param"}, body
+        contract = contract_of(case.path)
+        if contract == "openai":
+            assert set(body) == {"error"}, body
+            assert set(body["error"]) == {"type", "message", "param", "code"}, body
+        elif contract == "tei":
+            assert set(body) == {"error", "error_type"}, body
+        elif contract == "weaviate":  # multi2vec-clip: a string, as Weaviate decodes it
+            assert set(body) == {"error"} and isinstance(body["error"], str), body
+        else:
+            assert set(body) == {"error"}, body
+            assert set(body["error"]) == {"type", "message", "param"}, body

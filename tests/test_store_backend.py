@@ -35,7 +35,7 @@ def _members(proto: type) -> dict[str, object]:
 )
 def test_the_embedded_backend_implements_the_protocols(proto: type, impl: type) -> None:
     members = _members(proto)
-    assert len(members) == (22 if proto is Collection else 7)
+    assert len(members) == (24 if proto is Collection else 7)
     for name, want in members.items():
         got = getattr(impl, name)
         if isinstance(want, property):

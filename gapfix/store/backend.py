@@ -136,6 +136,12 @@ class Collection(Protocol):
     def active_transform(self) -> Any:
         """The active GapTransform, or None (corrected = raw)."""
 
+    def transform_view(self) -> tuple[Any, str | None]:
+        """The active transform and its fingerprint, read together from one view."""
+
+    def active_artifact(self) -> tuple[str, bytes] | None:
+        """Fingerprint and artifact bytes of the active transform (None: no transform)."""
+
     @property
     def transform_status(self) -> dict[str, Any]:
         """``{"status": "active"|"rebuilding"|"failed", "error", "job"}``."""

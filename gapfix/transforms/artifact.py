@@ -55,12 +55,16 @@ def save_transform(
     transform: Any, path: str | os.PathLike[str], model_id: str | None = None
 ) -> None:
     """Write ``transform`` to ``path`` atomically (temp file + fsync + rename)."""
+    atomic_write_bytes(path, transform_bytes(transform, model_id))
+
+
+def transform_bytes(transform: Any, model_id: str | None = None) -> bytes:
+    """The bytes of ``transform``'s artifact (what ``save_transform`` writes)."""
     from safetensors.numpy import save
 
     arrays = transform.fitted_state()
     meta = transform_metadata(transform, model_id)
-    blob = save(arrays, metadata={META_KEY: json.dumps(meta)})
-    atomic_write_bytes(path, blob)
+    return save(arrays, metadata={META_KEY: json.dumps(meta)})
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

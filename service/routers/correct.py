@@ -1,12 +1,12 @@
-"""``POST /v1/correct``: raw vectors through a collection's active transform."""
+"""``POST /v1/correct``: raw vectors through a named transform or a collection's active one."""
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import StoreDep, require_read
+from service import correcting
+from service.deps import StateDep, require_read
 from service.errors import responses
 from service.routing import JSONRoute
 from service.schemas import CorrectRequest, CorrectResponse
@@ -22,16 +22,18 @@ router = APIRouter(
     summary="Correct vectors",
     responses=responses(400, 401, 404, 422),
 )
-async def correct(req: CorrectRequest, store: StoreDep) -> CorrectResponse:
-    """Apply the collection's active transform to raw ``vectors`` of ``modality``; output is
-    L2-normalised. With no active transform the vectors come back normalised only."""
-    coll = store.get(req.collection)
-
-    def run() -> tuple[np.ndarray, str | None]:
-        t = coll.active_transform
-        return coll.correct(req.vectors, req.modality), (None if t is None else t.method)
-
-    out, method = await run_in_threadpool(run)
+async def correct(req: CorrectRequest, state: StateDep) -> CorrectResponse:
+    """Apply the named ``transform`` (or the active transform of ``collection``) to raw
+    ``vectors`` of ``modality``; output is L2-normalised. With no active transform the vectors
+    come back normalised only. ``transform``/``fingerprint`` in the response name the transform
+    the vectors went through, read together with it (a concurrent switch never mixes them)."""
+    target = correcting.resolve(state, req.transform, req.collection, use_default=False)
+    out = await run_in_threadpool(target.apply, req.vectors, req.modality, req.role)
     return CorrectResponse(
-        collection=coll.name, modality=req.modality, transform=method, vectors=out.tolist()
+        collection=target.collection,
+        modality=req.modality,
+        transform=target.method,
+        transform_name=target.name,
+        fingerprint=target.fingerprint,
+        vectors=out.tolist(),
     )

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from gapfix.errors import InputError
+from service import correcting
 from service.deps import StateDep, require_read
 from service.encoding import check_counts, decode_images, decode_urls, encode, require_model
 from service.errors import ApiError, responses
@@ -31,6 +32,8 @@ _MULTIPART_SCHEMA = {
         "image_urls": {"type": "array", "items": {"type": "string"}},
         "corrected": {"type": "boolean", "default": False},
         "collection": {"type": "string"},
+        "transform": {"type": "string"},
+        "role": {"type": "string", "enum": ["query", "document"], "default": "document"},
     },
 }
 
@@ -81,7 +84,7 @@ async def _parse(request: Request) -> tuple[EmbedRequest, list[tuple[str, bytes]
                 texts.append(value)
             elif key == "image_urls" and isinstance(value, str):
                 urls.append(value)
-            elif key in ("corrected", "collection") and isinstance(value, str):
+            elif key in ("corrected", "collection", "transform", "role") and isinstance(value, str):
                 fields[key] = value
             else:
                 raise ApiError(422, f"unexpected form field {key!r}", param=key)
@@ -122,14 +125,17 @@ async def embed(request: Request, state: StateDep) -> EmbedResponse:
     if not req.texts and not n_images:
         raise InputError("nothing to embed: give texts and/or images", param="texts")
     require_model(state, "texts" if req.texts else "images")
-    coll = None
-    if req.corrected:
+    target = None
+    if req.transform is not None:
+        if "corrected" in req.model_fields_set and not req.corrected:
+            raise InputError("`transform` corrects: drop `corrected: false`", param="corrected")
+        target = correcting.resolve(state, req.transform, req.collection, use_default=False)
+        correcting.check_model_dim(state, target)
+    elif req.corrected:
         if req.collection is None:
-            raise InputError("corrected vectors need a collection (its active transform)",
-                             param="collection")  # fmt: skip
-        if state.store is None:
-            raise ApiError(503, "the service is not ready", type="not_ready")
-        coll = state.store.get(req.collection)
+            raise InputError("corrected vectors need a collection (its active transform) "
+                             "or a named transform", param="collection")  # fmt: skip
+        target = correcting.of_collection(state, req.collection)
     decoded = await decode_images(state, [(f"images[{i}]", b) for i, b in enumerate(req.images)])
     pils = [img for img, _ in decoded]
     if uploads:
@@ -144,22 +150,20 @@ async def embed(request: Request, state: StateDep) -> EmbedResponse:
     dim = state.dim or 0
     tv = np.zeros((0, dim), np.float32) if tv is None else tv
     iv = np.zeros((0, dim), np.float32) if iv is None else iv
-    transform = None
-    if coll is not None:
-        transform = coll.active_transform
+    if target is not None:  # one view: the vectors and the name/fingerprint belong together
+        t = target
 
         def correct() -> tuple[np.ndarray, np.ndarray]:
-            return (
-                coll.correct(tv, "text") if len(tv) else tv,
-                coll.correct(iv, "image") if len(iv) else iv,
-            )
+            return t.apply(tv, "text", req.role), t.apply(iv, "image", req.role)
 
         tv, iv = await run_in_threadpool(correct)
     return EmbedResponse(
         model=state.model_id or "",
         dim=state.dim or 0,
-        corrected=coll is not None,
-        transform=None if transform is None else transform.method,
+        corrected=target is not None,
+        transform=None if target is None else target.method,
+        transform_name=None if target is None else target.name,
+        fingerprint=None if target is None else target.fingerprint,
         texts=tv.tolist(),
         images=iv.tolist(),
     )

@@ -41,6 +41,20 @@ class Switch(Repair):
         """The active GapTransform, or None (corrected = raw)."""
         return self._view.transform
 
+    def transform_view(self) -> tuple[Any, str | None]:
+        """The active transform and its fingerprint, read together from one view (a
+        concurrent switch replaces both at once, so they always belong together)."""
+        view = self._view
+        return view.transform, view.fingerprint
+
+    def active_artifact(self) -> tuple[str, bytes] | None:
+        """Fingerprint and artifact bytes of the active transform (None: no transform)."""
+        with self._write_lock:  # replaced artifacts are removed under it
+            fp = self._view.fingerprint
+            if fp is None:
+                return None
+            return fp, self._artifact_path(fp).read_bytes()
+
     @property
     def transform_status(self) -> dict[str, Any]:
         """``{"status": "active"|"rebuilding"|"failed", "error", "job"}``."""
