@@ -45,3 +45,9 @@ COLLECTION_GAP = Gauge(
     "Centroid modality gap per collection, raw and corrected.",
     ["collection", "space"],
 )
+QUEUE_DEPTH = Gauge(
+    "gapfix_queue_depth",
+    "Rows waiting in the batchers by stage: search, text, image (queued for a batched call) "
+    "and text_pre, image_pre (requests in their pre stage).",
+    ["stage"],
+)

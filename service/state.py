@@ -1,4 +1,5 @@
-"""The service's runtime objects (encoder, micro-batcher, store) and their start/stop/readiness."""
+"""The service's runtime objects (encoder, micro-batcher, search batcher, store) and their
+start/stop/readiness. Vectors mode imports neither torch nor open_clip."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class AppState:
     store: Store | None = None
     encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
     batcher: Any = None  # gapfix.encoders.MicroBatcher
-    searcher: SearchBatcher = field(default_factory=SearchBatcher)
+    searcher: SearchBatcher | None = None
     started: bool = False
     stopping: bool = False
     started_at: float = field(default_factory=time.time)
@@ -60,6 +61,12 @@ class AppState:
         else:
             log.info("API keys configured (%d); reads %s", len(keys),
                      "protected" if s.protect_reads else "open")  # fmt: skip
+        self.searcher = SearchBatcher(
+            max_batch=s.search_batch_rows,
+            max_queue=s.queue_max_rows,
+            max_wait_ms=s.search_wait_ms,
+            budget_ms=s.queue_budget_ms,
+        )
         if s.vectors_mode:
             log.info("vectors mode (GAPFIX_MODEL=none): no model loaded; clients send vectors")
         else:
@@ -93,14 +100,23 @@ class AppState:
             max_pixels=s.max_image_pixels,
         )
         self.batcher = MicroBatcher(
-            self.encoder, max_batch_size=s.max_batch_size, max_wait_ms=s.batch_wait_ms
+            self.encoder,
+            max_batch_size=s.max_batch_size,
+            max_wait_ms=s.batch_wait_ms,
+            max_queue=s.queue_max_rows,
+            budget_ms=s.queue_budget_ms,
         )
+        t0 = time.perf_counter()
+        self.batcher.warm_up()  # before /readyz turns ready: the first request is not slow
+        log.info("warm-up at batch %d took %.2f s", s.max_batch_size, time.perf_counter() - t0)
 
     async def stop(self) -> None:
-        """Drain encode requests, then flush and close the store."""
+        """Drain encode and search requests, then flush and close the store."""
         self.stopping = True
         if self.batcher is not None:
             await self.batcher.aclose()
+        if self.searcher is not None:
+            await self.searcher.aclose()
         if self.store is not None:
             await to_thread.run_sync(self.store.close)
         self.started = False

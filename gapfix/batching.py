@@ -1,0 +1,352 @@
+"""One generic async batcher: concurrent requests merged into batched calls, with back-pressure.
+
+Modelled on infinity's ``BatchHandler``. A request goes through up to three stages:
+
+- **pre** (optional, per request, in a small thread pool): e.g. decode and preprocess images, so
+  a bad input fails only its own request;
+- **core** (per batch, in a dedicated thread pool): ``core(key, items) -> one result per item``,
+  e.g. one model forward pass or one FAISS search over the concatenated rows; ``post`` work
+  (splitting, normalising) belongs to ``core`` and runs in the same thread;
+- the caller gets its own result back on the event loop.
+
+Requests with the same ``key`` (a modality, or a collection plus search parameters) share a
+*lane*: one core call per lane at a time, taking everything queued in it (up to ``max_batch``
+rows). While a call runs, new requests queue; when it ends the next call takes them all, so one
+large call replaces several small concurrent ones (FAISS and the encoders are far faster per
+row in large batches, and use every core by themselves). A lane that recently served ``n``
+requests at once waits up to ``max_wait_ms`` for ``n`` to gather again; a lone client (``n`` =
+1) never waits.
+
+Back-pressure: rows admitted but not yet handed to core are bounded by ``max_queue``, and a
+request whose estimated wait (queued rows / the best rows per second measured recently, i.e. at
+the batch sizes an overload forms) exceeds ``budget_ms`` is refused at once with `OverloadedError` (HTTP 429 with ``Retry-After``); one that nevertheless
+waited longer than the budget (a slow call ahead of it) is refused when its turn comes instead
+of running late. If a merged call fails, each of its requests runs alone, so the error reaches
+only the request that causes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from gapfix.errors import GapfixError
+from gapfix.metrics import QUEUE_DEPTH
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+R = TypeVar("R")
+
+HISTORY_S = 1.0  # how long a burst of n concurrent requests makes a lane wait for n again
+RATE_HALF_LIFE_S = 10.0  # the best rows/s measured recently decays with this half-life
+
+
+class OverloadedError(GapfixError, RuntimeError):
+    """The batcher's queue is full (or would take longer than its budget): retry later.
+
+    ``retry_after`` is the estimated time, in seconds, until the queue has drained.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = None
+        self.retry_after = float(retry_after)
+
+
+class BatcherClosedError(GapfixError, RuntimeError):
+    """A request reached a batcher after it was closed (the service is shutting down)."""
+
+
+@dataclass(eq=False)
+class _Request:
+    item: Any
+    rows: int
+    future: asyncio.Future
+    enqueued: float = 0.0
+
+
+@dataclass(eq=False)
+class _Lane:
+    stage: str
+    pending: deque[_Request] = field(default_factory=deque)
+    rows: int = 0
+    task: asyncio.Task | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, requests per call)
+
+    def burst(self, now: float) -> int:
+        """Most requests one call of this lane served in the last ``HISTORY_S`` seconds."""
+        while self.recent and now - self.recent[0][0] > HISTORY_S:
+            self.recent.popleft()
+        return max((n for _, n in self.recent), default=1)
+
+
+class AsyncBatcher(Generic[K, T, R]):
+    """``await batcher.submit(key, item, rows)`` -> ``core(key, [..., item, ...])``'s result
+    for ``item``, merged with concurrent requests of the same key.
+
+    ``stage(key)`` names the lane in the ``gapfix_queue_depth{stage}`` gauge and in ``stats``
+    (requests, batches, items and rejected requests per stage). Use from one event loop;
+    ``await aclose()`` lets accepted requests finish, then stops the threads.
+    """
+
+    def __init__(
+        self,
+        core: Callable[[K, list[T]], Sequence[R]],
+        *,
+        stage: Callable[[K], str],
+        max_batch: int,
+        max_queue: int,
+        max_wait_ms: float = 5.0,
+        budget_ms: float | None = None,
+        core_threads: int = 1,
+        pre_threads: int = 0,
+        name: str = "gapfix-batch",
+    ) -> None:
+        if max_batch < 1 or max_queue < 1:
+            raise ValueError(f"max_batch and max_queue must be positive ({max_batch}, {max_queue})")
+        if max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        self.core = core
+        self.stage = stage
+        self.max_batch = int(max_batch)
+        self.max_queue = int(max_queue)
+        self.max_wait = max_wait_ms / 1000.0
+        self.budget = None if budget_ms is None else budget_ms / 1000.0
+        self._core_pool = ThreadPoolExecutor(core_threads, thread_name_prefix=f"{name}-core")
+        self._pre_pool = (
+            ThreadPoolExecutor(pre_threads, thread_name_prefix=f"{name}-pre")
+            if pre_threads
+            else None
+        )
+        self._lanes: dict[K, _Lane] = {}
+        self._admitted = 0  # rows accepted and not yet handed to core (pre stage + queues)
+        self._pre_rows: dict[str, int] = {}
+        self._rate: float | None = None  # best recent rows per second of a core call
+        self._rate_at = 0.0
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+        self._closed = False
+        self.stats: dict[str, dict[str, int]] = {}
+
+    # ---- public ---------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows admitted and not yet handed to a core call."""
+        return self._admitted
+
+    def estimated_wait(self, rows: int = 0) -> float | None:
+        """Seconds the queue (plus ``rows`` more) needs to drain at the measured rate."""
+        if self._rate is None:
+            return None
+        return (self._admitted + rows) / self._rate
+
+    def is_overloaded(self, rows: int = 1) -> bool:
+        """Whether ``rows`` more rows would overflow the queue or its time budget (never
+        while the queue is empty: a lone request, however large, is served)."""
+        if self._admitted == 0:
+            return False
+        if self._admitted + rows > self.max_queue:
+            return True
+        wait = self.estimated_wait(rows)
+        return self.budget is not None and wait is not None and wait > self.budget
+
+    def retry_after(self, rows: int = 1) -> float:
+        """Seconds a refused client should wait: the estimated drain time (at least 1)."""
+        wait = self.estimated_wait(rows)
+        return max(1.0, math.ceil(wait)) if wait is not None else 1.0
+
+    async def submit(
+        self, key: K, item: Any, rows: int, pre: Callable[[Any], T] | None = None
+    ) -> R:
+        """Run ``pre(item)`` (if given, in the pre-stage threads), then the batched core call;
+        ``rows`` is the request's share of ``max_batch`` / ``max_queue``. Raises
+        `OverloadedError` at once when the queue is full or over its time budget."""
+        if self._closed:
+            raise BatcherClosedError("the service is shutting down")
+        stage = self.stage(key)
+        stats = self.stats_of(stage)
+        if self.is_overloaded(rows):
+            stats["rejected"] += 1
+            raise self._overloaded(rows)
+        stats["requests"] += 1
+        self._admitted += rows
+        self._enter()
+        try:
+            if pre is not None:
+                item = await self._run_pre(stage, pre, item)
+            loop = asyncio.get_running_loop()
+            lane = self._lanes.get(key)
+            if lane is None:
+                self._prune(loop.time())
+                lane = self._lanes[key] = _Lane(stage)
+            request = _Request(item, rows, loop.create_future(), loop.time())
+            lane.pending.append(request)
+            lane.rows += rows
+            QUEUE_DEPTH.labels(stage).inc(rows)
+            rows = 0  # the lane owns them now
+            lane.arrived.set()
+            if lane.task is None:
+                lane.task = loop.create_task(self._drain(key, lane), name=f"batch-{stage}")
+            return await request.future
+        finally:
+            self._admitted -= rows
+            self._leave()
+
+    async def aclose(self) -> None:
+        """Refuse new requests, let accepted ones finish, stop the threads."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._idle is not None and self._inflight:
+            await self._idle.wait()
+        self._core_pool.shutdown(wait=False)
+        if self._pre_pool is not None:
+            self._pre_pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def stats_of(self, stage: str) -> dict[str, int]:
+        """Counters of one stage: requests, batches (core calls), items (rows), rejected."""
+        stats = self.stats.get(stage)
+        if stats is None:
+            stats = self.stats[stage] = {"requests": 0, "batches": 0, "items": 0, "rejected": 0}
+        return stats
+
+    def _overloaded(self, rows: int) -> OverloadedError:
+        wait = self.estimated_wait(rows)
+        why = (
+            f"about {wait:.1f} s of work queued (budget {self.budget:.1f} s)"
+            if wait is not None and self.budget is not None and wait > self.budget
+            else f"{self._admitted} rows queued (limit {self.max_queue})"
+        )
+        return OverloadedError(f"server overloaded: {why}; retry later", self.retry_after(rows))
+
+    def _enter(self) -> None:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        self._inflight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def _run_pre(self, stage: str, pre: Callable[[Any], T], item: Any) -> T:
+        label = f"{stage}_pre"
+        gauge = QUEUE_DEPTH.labels(label)
+        gauge.inc()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pre_pool, pre, item)
+        finally:
+            gauge.dec()
+
+    async def _drain(self, key: K, lane: _Lane) -> None:
+        """The lane's worker: gather, run one core call, repeat until the lane is empty."""
+        loop = asyncio.get_running_loop()
+        try:
+            while lane.pending:
+                await self._gather(lane, loop)
+                batch, rows = [], 0
+                while lane.pending and (not batch or rows + lane.pending[0].rows <= self.max_batch):
+                    req = lane.pending.popleft()
+                    batch.append(req)
+                    rows += req.rows
+                lane.rows -= rows
+                self._admitted -= rows
+                QUEUE_DEPTH.labels(lane.stage).dec(rows)
+                batch = self._shed(batch, loop.time())
+                if batch:
+                    lane.recent.append((loop.time(), len(batch)))
+                    await self._run(key, lane.stage, batch)
+        finally:  # an idle lane stays (its burst history with it) until `_prune`
+            lane.task = None
+            if lane.pending and self._lanes.get(key) is lane:  # after an unexpected error
+                lane.task = loop.create_task(self._drain(key, lane))
+
+    def _prune(self, now: float) -> None:
+        """Forget idle lanes whose burst history has expired."""
+        for key, lane in list(self._lanes.items()):
+            if lane.task is None and not lane.pending and lane.burst(now) <= 1:
+                del self._lanes[key]
+
+    async def _gather(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait (at most ``max_wait`` after the oldest request) for as many requests as the
+        lane's recent bursts, unless a full batch is already queued."""
+        deadline = lane.pending[0].enqueued + self.max_wait
+        want = lane.burst(loop.time())
+        while len(lane.pending) < want and lane.rows < self.max_batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            lane.arrived.clear()
+            try:
+                await asyncio.wait_for(lane.arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _shed(self, batch: list[_Request], now: float) -> list[_Request]:
+        """Drop cancelled requests; refuse those that already waited past the budget."""
+        keep = []
+        for r in batch:
+            if r.future.done():
+                continue
+            if self.budget is not None and now - r.enqueued > self.budget:
+                r.future.set_exception(
+                    OverloadedError(
+                        f"server overloaded: queued {now - r.enqueued:.1f} s, over the "
+                        f"{self.budget:.1f} s budget; retry later",
+                        self.retry_after(),
+                    )
+                )
+                continue
+            keep.append(r)
+        return keep
+
+    def _measure(self, rows: int, t0: float) -> None:
+        now = time.perf_counter()
+        if now <= t0:
+            return
+        rate = rows / (now - t0)
+        if self._rate is not None:
+            rate = max(rate, self._rate * 0.5 ** ((now - self._rate_at) / RATE_HALF_LIFE_S))
+        self._rate, self._rate_at = rate, now
+
+    async def _run(self, key: K, stage: str, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        items = [r.item for r in batch]
+        t0 = time.perf_counter()
+        try:
+            results = await loop.run_in_executor(self._core_pool, self.core, key, items)
+            if len(results) != len(batch):
+                raise RuntimeError(f"core returned {len(results)} results for {len(batch)}")
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            for r in batch:  # find whose input failed: each request alone
+                if not r.future.done():
+                    await self._run(key, stage, [r])
+            return
+        rows = sum(r.rows for r in batch)
+        self._measure(rows, t0)
+        stats = self.stats_of(stage)
+        stats["batches"] += 1
+        stats["items"] += rows
+        for r, res in zip(batch, results, strict=True):
+            if not r.future.done():
+                r.future.set_result(res)
