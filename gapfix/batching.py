@@ -18,10 +18,11 @@ requests at once waits up to ``max_wait_ms`` for ``n`` to gather again; a lone c
 1) never waits.
 
 Back-pressure: rows admitted but not yet handed to core are bounded by ``max_queue``, and a
-request whose estimated wait (queued rows / the best rows per second measured recently, i.e. at
-the batch sizes an overload forms) exceeds ``budget_ms`` is refused at once with `OverloadedError` (HTTP 429 with ``Retry-After``); one that nevertheless
-waited longer than the budget (a slow call ahead of it) is refused when its turn comes instead
-of running late. If a merged call fails, each of its requests runs alone, so the error reaches
+request whose estimated wait exceeds ``budget_ms`` is refused at once with `OverloadedError` (HTTP 429 with ``Retry-After``); one that would
+nevertheless end past the budget (slower calls than estimated ahead of it) is refused when its
+turn comes instead of running late. The wait is estimated from a model of recent core calls, ``seconds = a + b *
+rows`` (least squares, recent calls weighted most): flat FAISS search costs about the same per
+call whatever its rows, an encoder about the same per row. If a merged call fails, each of its requests runs alone, so the error reaches
 only the request that causes it.
 """
 
@@ -44,7 +45,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 HISTORY_S = 1.0  # how long a burst of n concurrent requests makes a lane wait for n again
-RATE_HALF_LIFE_S = 10.0  # the best rows/s measured recently decays with this half-life
+COST_DECAY = 0.9  # weight of older core calls in the call-time model (~10 calls' memory)
 
 
 class OverloadedError(GapfixError, RuntimeError):
@@ -62,6 +63,41 @@ class OverloadedError(GapfixError, RuntimeError):
 
 class BatcherClosedError(GapfixError, RuntimeError):
     """A request reached a batcher after it was closed (the service is shutting down)."""
+
+
+class CallCost:
+    """Seconds of a core call as ``a + b * rows``, fitted by exponentially weighted least
+    squares over recent calls; while every recent call had the same size, all of it is
+    taken as per-call cost (``b`` = 0)."""
+
+    def __init__(self, decay: float = COST_DECAY) -> None:
+        self.decay = decay
+        self._s = [0.0] * 5  # weights, sum x, sum y, sum x^2, sum x*y
+
+    def add(self, rows: int, seconds: float) -> None:
+        """Record one call of ``rows`` rows that took ``seconds``."""
+        d, x, y = self.decay, float(rows), float(seconds)
+        for i, v in enumerate((1.0, x, y, x * x, x * y)):
+            self._s[i] = d * self._s[i] + v
+
+    def coefficients(self) -> tuple[float, float] | None:
+        """``(a, b)``: seconds per call and per row (None before any call)."""
+        w, sx, sy, sxx, sxy = self._s
+        if w == 0:
+            return None
+        mx, my = sx / w, sy / w
+        var = sxx / w - mx * mx
+        if var <= 1e-6 * max(mx * mx, 1.0):
+            return my, 0.0
+        b = max(0.0, (sxy / w - mx * my) / var)
+        return max(0.0, my - b * mx), b
+
+    def estimate(self, rows: int, max_batch: int) -> float | None:
+        """Seconds to serve ``rows`` rows in calls of at most ``max_batch``."""
+        ab = self.coefficients()
+        if ab is None:
+            return None
+        return math.ceil(rows / max_batch) * ab[0] + rows * ab[1]
 
 
 @dataclass(eq=False)
@@ -129,8 +165,7 @@ class AsyncBatcher(Generic[K, T, R]):
         self._lanes: dict[K, _Lane] = {}
         self._admitted = 0  # rows accepted and not yet handed to core (pre stage + queues)
         self._pre_rows: dict[str, int] = {}
-        self._rate: float | None = None  # best recent rows per second of a core call
-        self._rate_at = 0.0
+        self.cost = CallCost()
         self._inflight = 0
         self._idle: asyncio.Event | None = None
         self._closed = False
@@ -148,10 +183,10 @@ class AsyncBatcher(Generic[K, T, R]):
         return self._admitted
 
     def estimated_wait(self, rows: int = 0) -> float | None:
-        """Seconds the queue (plus ``rows`` more) needs to drain at the measured rate."""
-        if self._rate is None:
-            return None
-        return (self._admitted + rows) / self._rate
+        """Seconds the queue (plus ``rows`` more) needs to drain, from recent core calls."""
+        if self._admitted + rows == 0:
+            return 0.0
+        return self.cost.estimate(self._admitted + rows, self.max_batch)
 
     def is_overloaded(self, rows: int = 1) -> bool:
         """Whether ``rows`` more rows would overflow the queue or its time budget (never
@@ -299,12 +334,14 @@ class AsyncBatcher(Generic[K, T, R]):
                 return
 
     def _shed(self, batch: list[_Request], now: float) -> list[_Request]:
-        """Drop cancelled requests; refuse those that already waited past the budget."""
+        """Drop cancelled requests; refuse those whose wait plus the estimated call would end
+        past the budget."""
+        call = self.cost.estimate(sum(r.rows for r in batch), self.max_batch) or 0.0
         keep = []
         for r in batch:
             if r.future.done():
                 continue
-            if self.budget is not None and now - r.enqueued > self.budget:
+            if self.budget is not None and now - r.enqueued + call > self.budget:
                 r.future.set_exception(
                     OverloadedError(
                         f"server overloaded: queued {now - r.enqueued:.1f} s, over the "
@@ -315,15 +352,6 @@ class AsyncBatcher(Generic[K, T, R]):
                 continue
             keep.append(r)
         return keep
-
-    def _measure(self, rows: int, t0: float) -> None:
-        now = time.perf_counter()
-        if now <= t0:
-            return
-        rate = rows / (now - t0)
-        if self._rate is not None:
-            rate = max(rate, self._rate * 0.5 ** ((now - self._rate_at) / RATE_HALF_LIFE_S))
-        self._rate, self._rate_at = rate, now
 
     async def _run(self, key: K, stage: str, batch: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
@@ -343,7 +371,7 @@ class AsyncBatcher(Generic[K, T, R]):
                     await self._run(key, stage, [r])
             return
         rows = sum(r.rows for r in batch)
-        self._measure(rows, t0)
+        self.cost.add(rows, time.perf_counter() - t0)
         stats = self.stats_of(stage)
         stats["batches"] += 1
         stats["items"] += rows
