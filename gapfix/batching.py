@@ -14,8 +14,8 @@ Requests with the same ``key`` (a modality, or a collection plus search paramete
 rows). While a call runs, new requests queue; when it ends the next call takes them all, so one
 large call replaces several small concurrent ones (FAISS and the encoders are far faster per
 row in large batches, and use every core by themselves). A lane that recently served ``n``
-requests at once waits up to ``max_wait_ms`` for ``n`` to gather again; a lone client (``n`` =
-1) never waits.
+requests at once waits for ``n`` to gather again, at most ``max_wait_ms`` and at most a quarter
+of a call's fixed cost (see `AsyncBatcher.wait_limit`); a lone client (``n`` = 1) never waits.
 
 Back-pressure: rows admitted but not yet handed to core are bounded by ``max_queue``, and a
 request whose estimated wait exceeds ``budget_ms`` is refused at once with `OverloadedError` (HTTP 429 with ``Retry-After``); one that would
@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from gapfix.errors import GapfixError
-from gapfix.metrics import QUEUE_DEPTH
+from gapfix.metrics import BATCH_ROWS, QUEUE_DEPTH
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 R = TypeVar("R")
 
-HISTORY_S = 1.0  # how long a burst of n concurrent requests makes a lane wait for n again
+HISTORY_S = 1.0  # how long (or 4 calls, if longer) a burst of n requests makes a lane wait for n
 COST_DECAY = 0.9  # weight of older core calls in the call-time model (~10 calls' memory)
 
 
@@ -116,10 +116,11 @@ class _Lane:
     task: asyncio.Task | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, requests per call)
+    free_at: float = 0.0  # when the lane's last call ended
 
-    def burst(self, now: float) -> int:
-        """Most requests one call of this lane served in the last ``HISTORY_S`` seconds."""
-        while self.recent and now - self.recent[0][0] > HISTORY_S:
+    def burst(self, now: float, window: float = HISTORY_S) -> int:
+        """Most requests one call of this lane served in the last ``window`` seconds."""
+        while self.recent and now - self.recent[0][0] > window:
             self.recent.popleft()
         return max((n for _, n in self.recent), default=1)
 
@@ -307,6 +308,7 @@ class AsyncBatcher(Generic[K, T, R]):
                 if batch:
                     lane.recent.append((loop.time(), len(batch)))
                     await self._run(key, lane.stage, batch)
+                    lane.free_at = loop.time()
         finally:  # an idle lane stays (its burst history with it) until `_prune`
             lane.task = None
             if lane.pending and self._lanes.get(key) is lane:  # after an unexpected error
@@ -318,11 +320,21 @@ class AsyncBatcher(Generic[K, T, R]):
             if lane.task is None and not lane.pending and lane.burst(now) <= 1:
                 del self._lanes[key]
 
+    def wait_limit(self) -> float:
+        """How long a lane may wait to gather a batch: ``max_wait``, or a quarter of a core
+        call's fixed cost when that is less. Waiting pays only in proportion to the per-call
+        cost it saves (large for a flat FAISS scan, small for HNSW or per-row model work)."""
+        ab = self.cost.coefficients()
+        return self.max_wait if ab is None else min(self.max_wait, ab[0] / 4)
+
     async def _gather(self, lane: _Lane, loop: asyncio.AbstractEventLoop) -> None:
-        """Wait (at most ``max_wait`` after the oldest request) for as many requests as the
-        lane's recent bursts, unless a full batch is already queued."""
-        deadline = lane.pending[0].enqueued + self.max_wait
-        want = lane.burst(loop.time())
+        """Wait (at most `wait_limit`) for as many requests as the lane's recent bursts, unless
+        a full batch is already queued."""
+        # from the oldest arrival, or from the end of the lane's last call: requests queued
+        # behind a call wait a little for the callers it just answered to come back
+        deadline = max(lane.pending[0].enqueued, lane.free_at) + self.wait_limit()
+        ab = self.cost.coefficients()  # remember bursts for a few calls, however slow
+        want = lane.burst(loop.time(), max(HISTORY_S, 4 * ab[0]) if ab else HISTORY_S)
         while len(lane.pending) < want and lane.rows < self.max_batch:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -372,6 +384,7 @@ class AsyncBatcher(Generic[K, T, R]):
             return
         rows = sum(r.rows for r in batch)
         self.cost.add(rows, time.perf_counter() - t0)
+        BATCH_ROWS.labels(stage).observe(rows)
         stats = self.stats_of(stage)
         stats["batches"] += 1
         stats["items"] += rows

@@ -53,7 +53,7 @@ class SearchBatcher:
         *,
         max_batch: int = 1024,
         max_queue: int = 4096,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 50.0,
         budget_ms: float | None = None,
         threads: int = 2,
     ) -> None:

@@ -62,11 +62,12 @@ class Settings(BaseSettings):
         1024, ge=1, le=65536, description="query rows per merged FAISS call at most"
     )
     search_wait_ms: float = Field(
-        5.0,
+        50.0,
         ge=0,
         le=1000,
-        description="a search lane waits this long at most to gather as many requests as its "
-        "recent bursts (a lone client never waits)",
+        description="a search lane waits at most this long (and at most a quarter of a FAISS "
+        "call's fixed cost) to gather as many requests as its recent bursts; a lone client "
+        "never waits",
     )
     queue_max_rows: int = Field(
         4096,

@@ -48,7 +48,7 @@ def depth(stage: str) -> float:
 def test_concurrent_clients_are_gathered_into_one_call_per_lane() -> None:
     """32 closed-loop clients: after the first bursts, every call carries all 32 requests
     (not two calls of 16 at once), and a lane never runs two calls at once."""
-    core = Core(delay=0.01)
+    core = Core(delay=0.04)  # a fixed cost per call: worth waiting up to 10 ms for
     batcher = AsyncBatcher(core, stage=lambda k: "t1", max_batch=1024, max_queue=4096,
                            max_wait_ms=50, core_threads=2)  # fmt: skip
 
@@ -67,6 +67,7 @@ def test_concurrent_clients_are_gathered_into_one_call_per_lane() -> None:
     assert sizes[0] == 32  # all queued before the lane's worker first ran
     assert sizes.count(32) == len(sizes), sizes  # the lane waits for its recent burst
     assert batcher.stats["t1"] == {"requests": 320, "batches": 10, "items": 320, "rejected": 0}
+    assert 0.005 < batcher.wait_limit() < 0.02  # a quarter of the 40 ms per call, not 50 ms
 
 
 def test_a_lone_client_never_waits() -> None:
