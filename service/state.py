@@ -10,7 +10,7 @@ from typing import Any
 
 from anyio import to_thread
 
-from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
+from gapfix.metrics import BATCH_ROWS, ENCODE_BATCH_SIZE, QUEUE_DEPTH, STAGE_LATENCY
 from gapfix.store import NotFoundError, Store
 from service.search_batching import SearchBatcher
 from service.settings import Settings
@@ -18,6 +18,7 @@ from service.settings import Settings
 log = logging.getLogger("gapfix.service")
 
 STAGES = ("encode_pre", "encode_core", "encode_post", "correct", "search")
+QUEUE_STAGES = ("text", "image", "text_pre", "image_pre")  # the encoder's batcher
 
 
 @dataclass
@@ -50,6 +51,10 @@ class AppState:
             STAGE_LATENCY.labels(stage)
         for modality in ("image", "text"):
             ENCODE_BATCH_SIZE.labels(modality)
+        for stage in ("search",) if s.vectors_mode else ("search", *QUEUE_STAGES):
+            QUEUE_DEPTH.labels(stage)
+            if not stage.endswith("_pre"):
+                BATCH_ROWS.labels(stage)
         keys = s.keys  # reads api_keys_file: a missing file fails start-up, not a request
         if not keys:
             log.warning(
