@@ -65,8 +65,8 @@ class Settings(BaseSettings):
         50.0,
         ge=0,
         le=1000,
-        description="a search lane waits at most this long (and at most a quarter of a FAISS "
-        "call's fixed cost) to gather as many requests as its recent bursts; a lone client "
+        description="a search lane waits at most this long (and at most a quarter of a recent "
+        "FAISS call's duration) to gather as many requests as its recent bursts; a lone client "
         "never waits",
     )
     queue_max_rows: int = Field(
