@@ -154,9 +154,10 @@ def test_overload_is_refused_quickly_and_accepted_requests_stay_within_budget(
     at_once = [t for t, r in refused if "queued (" in r.json()["error"]["message"]]
     assert len(at_once) >= len(refused) / 2, (len(at_once), len(refused))
     # what the client and the loaded machine add to a request the server answers at once
-    overhead = float(np.median(at_once))
-    assert overhead < budget, overhead  # 0.6-0.7 s measured with the load average at 10-14
-    assert np.percentile(ok, 99) <= 2 * budget + overhead, (np.percentile(ok, 99), overhead)
+    overhead = np.percentile(at_once, [50, 99])
+    assert overhead[0] < budget, overhead  # median 0.24-0.7 s measured, load average 7-14
+    # accepted: within 2x the budget, plus that same client-side overhead at the same percentile
+    assert np.percentile(ok, 99) <= 2 * budget + overhead[1], (np.percentile(ok, 99), overhead)
     for _, r in refused[:20]:
         err = r.json()["error"]
         assert err["type"] == "rate_limited" and "overloaded" in err["message"]
