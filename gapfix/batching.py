@@ -172,7 +172,6 @@ class AsyncBatcher(Generic[K, T, R]):
         )
         self._lanes: dict[K, _Lane] = {}
         self._admitted = 0  # rows accepted and not yet handed to core (pre stage + queues)
-        self._pre_rows: dict[str, int] = {}
         self.cost = CallCost()
         self._inflight = 0
         self._idle: asyncio.Event | None = None
@@ -259,14 +258,14 @@ class AsyncBatcher(Generic[K, T, R]):
         if self._pre_pool is not None:
             self._pre_pool.shutdown(wait=False, cancel_futures=True)
 
-    # ---- internals ------------------------------------------------------------------------
-
     def stats_of(self, stage: str) -> dict[str, int]:
         """Counters of one stage: requests, batches (core calls), items (rows), rejected."""
         stats = self.stats.get(stage)
         if stats is None:
             stats = self.stats[stage] = {"requests": 0, "batches": 0, "items": 0, "rejected": 0}
         return stats
+
+    # ---- internals ------------------------------------------------------------------------
 
     def _overloaded(self, rows: int) -> OverloadedError:
         wait = self.estimated_wait(rows)
