@@ -30,8 +30,19 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 
 def _settings() -> Any:
     """The service's settings, read from the ``GAPFIX_*`` variables exactly as the service
-    reads them (the library does not import the service: loaded by name, like the app)."""
-    return importlib.import_module(SETTINGS_MODULE).Settings()
+    reads them (the library does not import the service: loaded by name, like the app). A bad
+    value is an `InputError` naming the variable."""
+    from pydantic import ValidationError
+
+    from gapfix.errors import InputError
+
+    try:
+        return importlib.import_module(SETTINGS_MODULE).Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "GAPFIX_" + "_".join(str(p) for p in first["loc"]).upper()
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise InputError(f"{name}: {first['msg']}{more}", name) from None
 
 
 def _check_data_dir(path: Path) -> None:
