@@ -37,6 +37,8 @@ run: $(STAMP)
 	$(VENV)/bin/gapfix serve --host $(HOST) --port $(PORT)
 
 bench: $(STAMP)
+	@# The loopback load benchmark (benchmarks/bench_load.py) drives the server with Debian's wrk.
+	@if [ "$$(id -u)" = 0 ]; then command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk); fi
 	$(PY) -m benchmarks
 
 clean:

@@ -4,100 +4,29 @@
 applying a shift-type transform reads the input once and writes the output once, like a copy.
 Large inputs use all cores (numba ``prange``): one core cannot saturate memory bandwidth
 (measured: 0.49 of ``np.copyto`` on one core, 0.76 on two, `make bench`). Without numba the
-same maths runs as blocked numpy (a few passes over cache-sized blocks).
+same maths runs as blocked numpy (a few passes over cache-sized blocks). The numba kernels
+live in `gapfix._numba_kernels`, imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import threading
+from types import ModuleType
 
 import numpy as np
 
 from gapfix.blocks import iter_blocks, normalize_rows
 
-try:  # numba is a dependency, but keep a working fallback for exotic platforms
-    from numba import njit, prange
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only where numba is absent
-    HAVE_NUMBA = False
+# numba is a dependency, but keep a working fallback for exotic platforms. It is imported on
+# the first call (`_kernels`), not with gapfix: a server in vectors mode starts a second sooner.
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+_KERNELS: ModuleType | None = None
+_KERNELS_LOCK = threading.Lock()
 
 NUMPY_BLOCK_ROWS = 1024
 PARALLEL_MIN_ROWS = 65_536  # below this, thread start-up costs more than it saves
 _PARALLEL_LOCK = threading.Lock()  # numba's default threading layer is not re-entrant
-
-if HAVE_NUMBA:
-
-    @njit(fastmath=True, nogil=True, cache=True)
-    def _rows_affine(
-        x, scale, bias, norms, out, use_scale, use_bias, norm_mode, renorm
-    ):  # pragma: no cover
-        n, d = x.shape
-        one = np.float32(1.0)
-        tiny = np.float32(1e-12)
-        for i in range(n):
-            nrm = one
-            if norm_mode == 1:
-                s0 = np.float32(0.0)
-                for j in range(d):
-                    s0 += x[i, j] * x[i, j]
-                nrm = max(np.sqrt(s0), tiny)
-            elif norm_mode == 2:
-                nrm = max(norms[i], tiny)
-            ss = np.float32(0.0)
-            for j in range(d):
-                v = x[i, j]
-                if use_scale:
-                    v = v * scale[j]
-                if use_bias:
-                    v = v + nrm * bias[j]
-                out[i, j] = v
-                ss += v * v
-            if renorm:
-                inv = one / max(np.sqrt(ss), tiny)
-            elif norm_mode != 0:
-                inv = one / nrm
-            else:
-                continue
-            for j in range(d):
-                out[i, j] *= inv
-
-    # A second copy of the same body, not the same function compiled twice: numba's on-disk
-    # cache is keyed by source location, so two variants of one function would share (and
-    # swap) their cached machine code.
-    @njit(fastmath=True, nogil=True, cache=True, parallel=True)
-    def _rows_affine_parallel(
-        x, scale, bias, norms, out, use_scale, use_bias, norm_mode, renorm
-    ):  # pragma: no cover
-        n, d = x.shape
-        one = np.float32(1.0)
-        tiny = np.float32(1e-12)
-        for i in prange(n):
-            nrm = one
-            if norm_mode == 1:
-                s0 = np.float32(0.0)
-                for j in range(d):
-                    s0 += x[i, j] * x[i, j]
-                nrm = max(np.sqrt(s0), tiny)
-            elif norm_mode == 2:
-                nrm = max(norms[i], tiny)
-            ss = np.float32(0.0)
-            for j in range(d):
-                v = x[i, j]
-                if use_scale:
-                    v = v * scale[j]
-                if use_bias:
-                    v = v + nrm * bias[j]
-                out[i, j] = v
-                ss += v * v
-            if renorm:
-                inv = one / max(np.sqrt(ss), tiny)
-            elif norm_mode != 0:
-                inv = one / nrm
-            else:
-                continue
-            for j in range(d):
-                out[i, j] *= inv
 
 
 def rows_affine(
@@ -129,11 +58,12 @@ def rows_affine(
             mode,
             renormalize,
         )
+        kernels = _kernels()
         if x.shape[0] >= PARALLEL_MIN_ROWS:
             with _PARALLEL_LOCK:
-                _rows_affine_parallel(*args)
+                kernels._rows_affine_parallel(*args)
         else:
-            _rows_affine(*args)
+            kernels._rows_affine(*args)
         return
     for sl in iter_blocks(x.shape[0], NUMPY_BLOCK_ROWS):
         block, dest = np.asarray(x[sl], dtype=np.float32), out[sl]
@@ -153,3 +83,15 @@ def rows_affine(
             normalize_rows(dest, out=dest)
         elif mode == 2:
             dest /= np.maximum(norms[sl], 1e-12)[:, None]
+
+
+def _kernels() -> ModuleType:
+    """`gapfix._numba_kernels`, imported (numba with it) on the first call."""
+    global _KERNELS
+    if _KERNELS is None:
+        with _KERNELS_LOCK:
+            if _KERNELS is None:
+                from gapfix import _numba_kernels
+
+                _KERNELS = _numba_kernels
+    return _KERNELS

@@ -51,3 +51,15 @@ TRANSFORM_GAP = Gauge(
     " (corrected) the transform.",
     ["transform", "space"],
 )
+QUEUE_DEPTH = Gauge(
+    "gapfix_queue_depth",
+    "Rows waiting in the batchers by stage: search, text, image (queued for a batched call) "
+    "and text_pre, image_pre (requests in their pre stage).",
+    ["stage"],
+)
+BATCH_ROWS = Histogram(
+    "gapfix_batch_rows",
+    "Rows per batched core call (FAISS search, model forward) by stage.",
+    ["stage"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)

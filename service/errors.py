@@ -1,7 +1,8 @@
 """One error envelope for every failure: ``{"error": {"type", "message", "param"}}``.
 
 Library errors map to status codes here (``InputError`` 400, ``PayloadTooLargeError`` 413,
-``NotFoundError`` 404, ``ConflictError`` 409), FastAPI's validation errors to 422, Starlette's
+``NotFoundError`` 404, ``ConflictError`` 409, ``OverloadedError`` 429 with ``Retry-After`` in a
+header and as ``retry_after`` in the envelope), FastAPI's validation errors to 422, Starlette's
 HTTP errors (unknown route 404, 405, ...) keep their status. Anything unexpected is a logged 500
 whose message reveals nothing internal.
 """
@@ -9,6 +10,7 @@ whose message reveals nothing internal.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gapfix.batching import OverloadedError
 from gapfix.errors import GapfixError, InputError, NotFittedError, PayloadTooLargeError
 from gapfix.store import ConflictError, NotFoundError
 
@@ -56,9 +59,14 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def envelope(type: str, message: str, param: str | None = None) -> dict[str, Any]:
-    """The error body."""
-    return {"error": {"type": type, "message": message, "param": param}}
+def envelope(
+    type: str, message: str, param: str | None = None, retry_after: int | None = None
+) -> dict[str, Any]:
+    """The error body (``retry_after``, in seconds, only on 429)."""
+    error: dict[str, Any] = {"type": type, "message": message, "param": param}
+    if retry_after is not None:
+        error["retry_after"] = retry_after
+    return {"error": error}
 
 
 def error_response(
@@ -67,10 +75,13 @@ def error_response(
     param: str | None = None,
     type: str | None = None,
     headers: dict[str, str] | None = None,
+    retry_after: int | None = None,
 ) -> JSONResponse:
-    """A JSON error response in the envelope."""
+    """A JSON error response in the envelope (``retry_after`` also as the header)."""
+    if retry_after is not None:
+        headers = {**(headers or {}), "Retry-After": str(retry_after)}
     return JSONResponse(
-        envelope(type or STATUS_TYPES.get(status, "error"), message, param),
+        envelope(type or STATUS_TYPES.get(status, "error"), message, param, retry_after),
         status_code=status,
         headers=headers,
     )
@@ -88,6 +99,8 @@ def status_of(exc: GapfixError) -> int:
         return 409
     if isinstance(exc, NotFittedError):
         return 400
+    if isinstance(exc, OverloadedError):
+        return 429
     return 503  # the store is closed, the encoder is shutting down, a data dir is locked
 
 
@@ -115,7 +128,13 @@ async def _gapfix_error(request: Request, exc: Exception) -> JSONResponse:
     message = getattr(exc, "message", None) or str(exc)
     if status == 503:
         log.warning("%s %s: %s", request.method, request.url.path, message)
-    return error_response(status, message, getattr(exc, "param", None))
+    retry = getattr(exc, "retry_after", None)
+    return error_response(
+        status,
+        message,
+        getattr(exc, "param", None),
+        retry_after=None if retry is None else max(1, math.ceil(retry)),
+    )
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -177,6 +196,11 @@ ERROR_SCHEMA = {
                 "type": {"type": "string"},
                 "message": {"type": "string"},
                 "param": {"type": ["string", "null"]},
+                "retry_after": {
+                    "type": "integer",
+                    "description": "429 only: seconds to wait before retrying (also the "
+                    "Retry-After header)",
+                },
             },
             "required": ["type", "message", "param"],
         }

@@ -77,6 +77,37 @@ class Settings(BaseSettings):
         " lower is faster for the batched queries the service merges)",
     )
 
+    search_batch_rows: int = Field(
+        1024, ge=1, le=65536, description="query rows per merged FAISS call at most"
+    )
+    search_wait_ms: float = Field(
+        50.0,
+        ge=0,
+        le=1000,
+        description="a search lane waits at most this long (and at most a quarter of a recent "
+        "FAISS call's duration) to gather as many requests as its recent bursts; a lone client "
+        "never waits",
+    )
+    queue_max_rows: int = Field(
+        4096,
+        ge=1,
+        description="rows (queries, texts, images) waiting per batcher (search, encode) at most;"
+        " beyond: 429",
+    )
+    queue_budget_ms: float = Field(
+        1000.0,
+        gt=0,
+        description="a request whose estimated wait in a batcher's queue exceeds this is "
+        "refused at once (429 with Retry-After)",
+    )
+    timeout_keep_alive_s: float = Field(
+        120.0,
+        gt=0,
+        description="idle keep-alive connections are closed after this long; longer than "
+        "client pools keep them idle (httpx 5 s, aiohttp 15 s, Go 90 s)",
+    )
+    access_log: bool = Field(False, description="log every request (uvicorn access log)")
+
     @field_validator("model", "pretrained", "device", "precision", mode="before")
     @classmethod
     def _strip(cls, v: object) -> object:

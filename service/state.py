@@ -1,4 +1,5 @@
-"""The service's runtime objects (encoder, micro-batcher, store) and their start/stop/readiness."""
+"""The service's runtime objects (encoder, micro-batcher, search batcher, store) and their
+start/stop/readiness. Vectors mode imports neither torch nor open_clip."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from anyio import to_thread
 
-from gapfix.metrics import ENCODE_BATCH_SIZE, STAGE_LATENCY
+from gapfix.metrics import BATCH_ROWS, ENCODE_BATCH_SIZE, QUEUE_DEPTH, STAGE_LATENCY
 from gapfix.store import CollectionStore, NotFoundError, Store
 from gapfix.transforms.registry import TransformRegistry
 from service.fetching import ImageFetcher
@@ -19,6 +20,7 @@ from service.settings import Settings
 log = logging.getLogger("gapfix.service")
 
 STAGES = ("encode_pre", "encode_core", "encode_post", "correct", "search")
+QUEUE_STAGES = ("text", "image", "text_pre", "image_pre")  # the encoder's batcher
 
 
 @dataclass
@@ -30,7 +32,7 @@ class AppState:
     transforms: TransformRegistry | None = None  # named transforms (data_dir/transforms)
     encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
     batcher: Any = None  # gapfix.encoders.MicroBatcher
-    searcher: SearchBatcher = field(default_factory=SearchBatcher)
+    searcher: SearchBatcher | None = None
     fetcher: ImageFetcher | None = None  # image URLs (any route): fetcher.fetch_images(...)
     started: bool = False
     stopping: bool = False
@@ -53,6 +55,10 @@ class AppState:
             STAGE_LATENCY.labels(stage)
         for modality in ("image", "text"):
             ENCODE_BATCH_SIZE.labels(modality)
+        for stage in ("search",) if s.vectors_mode else ("search", *QUEUE_STAGES):
+            QUEUE_DEPTH.labels(stage)
+            if not stage.endswith("_pre"):
+                BATCH_ROWS.labels(stage)
         keys = s.keys  # reads api_keys_file: a missing file fails start-up, not a request
         if not keys:
             log.warning(
@@ -64,6 +70,12 @@ class AppState:
         else:
             log.info("API keys configured (%d); reads %s", len(keys),
                      "protected" if s.protect_reads else "open")  # fmt: skip
+        self.searcher = SearchBatcher(
+            max_batch=s.search_batch_rows,
+            max_queue=s.queue_max_rows,
+            max_wait_ms=s.search_wait_ms,
+            budget_ms=s.queue_budget_ms,
+        )
         if s.vectors_mode:
             log.info("vectors mode (GAPFIX_MODEL=none): no model loaded; clients send vectors")
         else:
@@ -108,14 +120,23 @@ class AppState:
             max_pixels=s.max_image_pixels,
         )
         self.batcher = MicroBatcher(
-            self.encoder, max_batch_size=s.max_batch_size, max_wait_ms=s.batch_wait_ms
+            self.encoder,
+            max_batch_size=s.max_batch_size,
+            max_wait_ms=s.batch_wait_ms,
+            max_queue=s.queue_max_rows,
+            budget_ms=s.queue_budget_ms,
         )
+        t0 = time.perf_counter()
+        self.batcher.warm_up()  # before /readyz turns ready: the first request is not slow
+        log.info("warm-up at batch %d took %.2f s", s.max_batch_size, time.perf_counter() - t0)
 
     async def stop(self) -> None:
-        """Drain encode requests, then flush and close the store."""
+        """Drain encode and search requests, then flush and close the store."""
         self.stopping = True
         if self.batcher is not None:
             await self.batcher.aclose()
+        if self.searcher is not None:
+            await self.searcher.aclose()
         if self.fetcher is not None:
             await self.fetcher.aclose()
             self.fetcher = None

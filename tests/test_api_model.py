@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -269,3 +270,71 @@ def test_model_load_failure_stops_startup(tmp_path: Path, monkeypatch) -> None:
     )
     with pytest.raises(ModelLoadError, match="--pretrained"), TestClient(create_app(s)):
         pass
+
+
+def test_a_full_encode_queue_answers_429_with_retry_after(tmp_path: Path) -> None:
+    """With the one model call in flight (held), a request that would overflow the encode
+    queue is refused at once with 429, ``Retry-After`` and ``retry_after``; the held ones are
+    then served."""
+    app = create_app(settings(tmp_path, queue_max_rows=3, max_batch_size=4))
+    with TestClient(app) as client:
+        state = app.state.gapfix
+        assert state.batcher.stats["text"]["requests"] == 0  # warm-up bypasses the queue
+        forward, gate, entered = state.encoder.forward_texts, threading.Event(), threading.Event()
+        sizes: list[int] = []
+
+        def held(tokens):
+            sizes.append(int(tokens.shape[0]))
+            entered.set()
+            gate.wait(30)
+            return forward(tokens)
+
+        state.encoder.forward_texts = held
+        try:
+            out: dict[str, int] = {}
+
+            def post(name: str, n: int) -> None:
+                texts = [f"{name} {i}" for i in range(n)]
+                out[name] = client.post("/v1/embed", json={"texts": texts}).status_code
+
+            first = threading.Thread(target=post, args=("first", 1))
+            first.start()
+            assert entered.wait(30)  # its model call is running, held
+            queued = threading.Thread(target=post, args=("queued", 3))
+            queued.start()
+            deadline = time.monotonic() + 30
+            while state.batcher.batcher.queued_rows < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            r = client.post("/v1/embed", json={"texts": ["one too many"]})
+            assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+            e = r.json()["error"]
+            assert e["type"] == "rate_limited" and e["retry_after"] == int(r.headers["retry-after"])
+            assert "3 rows queued (limit 3)" in e["message"]
+            assert 'gapfix_queue_depth{stage="text"} 3.0' in client.get("/metrics").text
+        finally:
+            gate.set()
+            first.join(30)
+            queued.join(30)
+            state.encoder.forward_texts = forward
+        assert out == {"first": 200, "queued": 200}
+        assert sizes == [1, 3] and state.batcher.stats["text"]["rejected"] == 1
+
+
+def test_warm_up_runs_the_largest_batch_before_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gapfix.encoders.encoder import ClipEncoder
+
+    calls: list[tuple[str, int]] = []
+    for name in ("forward_texts", "forward_images"):
+        real = getattr(ClipEncoder, name)
+
+        def spy(self, x, real=real, name=name):
+            calls.append((name, int(x.shape[0])))
+            return real(self, x)
+
+        monkeypatch.setattr(ClipEncoder, name, spy)
+    app = create_app(settings(tmp_path, max_batch_size=6))
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+        assert calls == [("forward_texts", 6), ("forward_images", 6)]

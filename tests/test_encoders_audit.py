@@ -195,6 +195,28 @@ def test_serve_precheck_reads_settings_like_the_service(serve_env, monkeypatch):
     assert bad.exit_code == 2 and "no-such-tag" in bad.stderr and len(serve_env) == 2
 
 
+def test_serve_takes_uvicorn_options_from_settings(serve_env, monkeypatch):
+    """Keep-alive and the access log come from the service's settings; a bad value is one
+    line naming the variable (exit 2), before anything starts."""
+    monkeypatch.setenv("GAPFIX_TIMEOUT_KEEP_ALIVE_S", "42")
+    assert _serve("--model", "none").exit_code == 0
+    kw = serve_env[-1]
+    assert kw["timeout_keep_alive"] == 42 and kw["access_log"] is False
+    assert kw["loop"] == "auto"  # uvloop, installed as a dependency
+    # httptools (a dependency) behind the protocol that answers parse errors in the envelope
+    assert kw["http"] == "service.http_protocol:HTTPProtocol"
+    from service.http_protocol import HTTPProtocol
+
+    assert HTTPProtocol.__name__ == "HttpToolsJSONProtocol"
+    monkeypatch.setenv("GAPFIX_QUEUE_BUDGET_MS", "-1")
+    bad = _serve("--model", "none")
+    assert bad.exit_code == 2 and len(serve_env) == 1
+    assert (
+        bad.stderr.strip()
+        == "gapfix: error: GAPFIX_QUEUE_BUDGET_MS: Input should be greater than 0"
+    )
+
+
 def test_huge_text_is_cut_before_tokenizing(enc):
     """Megabytes of text took seconds per MB to tokenize, for tokens the context drops."""
     rng = np.random.default_rng(0)

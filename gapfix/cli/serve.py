@@ -1,16 +1,20 @@
 """``gapfix serve``: run the HTTP API (uvicorn, app factory ``service.app:create_app``).
 
 Flags override the matching ``GAPFIX_*`` variables; every other setting (API keys, limits,
-device, ...) is read from the environment by the service's pydantic settings. The library does
-not import the service: uvicorn loads it by its import string.
+device, keep-alive, access log, ...) is read from the environment by the service's pydantic
+settings. The library does not import the service: uvicorn loads the app by its import string,
+and the settings are loaded by module name. Vectors mode (``--model none``) imports neither
+torch nor open_clip.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -18,28 +22,36 @@ from gapfix.cli._app import app, guarded
 
 APP_FACTORY = "service.app:create_app"
 HTTP_PROTOCOL = "service.http_protocol:HTTPProtocol"  # uvicorn's, its 400s in the JSON envelope
+SETTINGS_MODULE = "service.settings"
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _setting(name: str, default: str) -> str:
-    """A ``GAPFIX_*`` variable read as the service's settings read it: name case-insensitive,
-    value stripped, ``default`` only when unset (an empty value stays empty)."""
-    value = os.environ.get(name)
-    if value is None:
-        value = next((v for k, v in os.environ.items() if k.upper() == name), default)
-    return value.strip()
+def _settings() -> Any:
+    """The service's settings, read from the ``GAPFIX_*`` variables exactly as the service
+    reads them (the library does not import the service: loaded by name, like the app). A bad
+    value is an `InputError` naming the variable."""
+    from pydantic import ValidationError
+
+    from gapfix.errors import InputError
+
+    try:
+        return importlib.import_module(SETTINGS_MODULE).Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "GAPFIX_" + "_".join(str(p) for p in first["loc"]).upper()
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise InputError(f"{name}: {first['msg']}{more}", name) from None
 
 
-def _check_data_dir() -> None:
+def _check_data_dir(path: Path) -> None:
     """Refuse a data dir that is a file or that another store holds, before anything starts
     (the service opens the store inside uvicorn's start-up, where this is a traceback)."""
     from gapfix.errors import InputError
     from gapfix.locks import release, try_lock
 
-    path = Path(_setting("GAPFIX_DATA_DIR", "data") or "data")
     if path.exists() and not path.is_dir():
         raise InputError(f"--data-dir {path} exists and is not a folder", "--data-dir")
     if path.is_dir():
@@ -52,29 +64,25 @@ def _check_data_dir() -> None:
         release(fd)
 
 
-def _preload_model() -> None:
+def _preload_model(settings: Any) -> None:
     """Load the configured model before uvicorn starts, so that weights that are neither local
     nor reachable, a broken checkpoint, or a bad device or precision is a one-line error
-    (exit 2); the service's start-up then takes this encoder instead of loading it again."""
-    import inspect
-
-    from gapfix.encoders.loading import load_encoder, preload_encoder
-
-    defaults = inspect.signature(load_encoder).parameters
-    model = _setting("GAPFIX_MODEL", defaults["model"].default)
-    if model.lower() in ("none", ""):  # vectors mode, as in service.settings
+    (exit 2); the service's start-up then takes this encoder instead of loading it again.
+    Vectors mode returns before torch or open_clip is imported."""
+    if settings.vectors_mode:
         return
-    threads = _setting("GAPFIX_TORCH_THREADS", "")
-    if threads.isdigit() and int(threads) > 0:  # as the service would set it before loading
+    from gapfix.encoders.loading import preload_encoder
+
+    if settings.torch_threads:  # as the service would set it before loading
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(settings.torch_threads)
     preload_encoder(
-        model,
-        _setting("GAPFIX_PRETRAINED", defaults["pretrained"].default),
-        device=_setting("GAPFIX_DEVICE", defaults["device"].default),
-        precision=_setting("GAPFIX_PRECISION", defaults["precision"].default),
-        cache_dir=_setting("GAPFIX_MODEL_CACHE", "") or None,
+        settings.model,
+        settings.pretrained,
+        device=settings.device,
+        precision=settings.precision,
+        cache_dir=settings.model_cache,
     )
 
 
@@ -121,8 +129,9 @@ def serve(
     for key, value in overrides.items():
         if value is not None:
             os.environ[key] = value
-    _check_data_dir()  # one-line errors (exit 2) instead of a failed start-up with a traceback
-    _preload_model()
+    settings = _settings()
+    _check_data_dir(settings.data_dir)  # one-line errors (exit 2), not a start-up traceback
+    _preload_model(settings)
     logging.basicConfig(  # force: open_clip's root-level logging during the load set a default
         level=getattr(logging, level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -134,11 +143,16 @@ def serve(
     uvicorn.run(
         APP_FACTORY,
         factory=True,
-        http=HTTP_PROTOCOL,
+        http=HTTP_PROTOCOL,  # httptools when installed (a dependency), else h11
         host=host,
         port=port,
         log_level=level,
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=30,
+        # longer than client pools keep idle connections, so they don't reuse one the server
+        # is closing at that moment (uvicorn's default, 5 s, raced httpx's 5 s expiry)
+        timeout_keep_alive=settings.timeout_keep_alive_s,
+        access_log=settings.access_log,
+        loop="auto",  # uvloop when installed (a dependency)
     )

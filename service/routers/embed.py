@@ -110,7 +110,7 @@ async def _parse(request: Request) -> tuple[EmbedRequest, list[tuple[str, bytes]
     response_model=EmbedResponse,
     summary="Embed texts and images",
     openapi_extra=_OPENAPI_BODY,
-    responses=responses(400, 401, 404, 413, 415, 422),
+    responses=responses(400, 401, 404, 413, 415, 422, 429),
 )
 async def embed(request: Request, state: StateDep) -> EmbedResponse:
     """Embed with the server's model. JSON: ``{"texts": [...], "images": [base64...],

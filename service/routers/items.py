@@ -88,7 +88,7 @@ async def build_items(state, items: list[ItemInput]) -> list[ItemIn]:
     response_model=ItemsAdded,
     summary="Add items",
     dependencies=[Depends(require_write)],
-    responses=responses(400, 401, 404, 409, 413, 422),
+    responses=responses(400, 401, 404, 409, 413, 422, 429),
 )
 async def add_items(req: ItemsAdd, coll: CollectionDep, state: StateDep) -> ItemsAdded:
     """Add (or with ``upsert`` replace) a batch of items, all or nothing. Texts and images are

@@ -131,7 +131,7 @@ async def run_search(
     "/search",
     response_model=SearchResponse,
     summary="Search a collection",
-    responses=responses(400, 401, 404, 413, 422),
+    responses=responses(400, 401, 404, 413, 422, 429),
 )
 async def search(req: SearchRequest, coll: CollectionDep, state: StateDep) -> dict[str, Any]:
     """Top-``k`` items for a query: ``{"text"}``, ``{"image"}`` (base64), ``{"vector",
