@@ -80,9 +80,15 @@ class MicroBatcher:
     async def encode_texts_counted(self, texts: Sequence[str]) -> tuple[np.ndarray, int]:
         """`encode_texts`, also returning how many tokens the model's tokenizer made of the
         texts (start/end tokens included, padding id 0 excluded), from the same tokenization."""
-        async with self._request():
-            tokens = await self._pre(self.encoder.tokenize, texts)
-            return await self._submit("text", tokens), int((tokens != 0).sum())
+        counts: list[int] = []
+
+        def tokenize(batch: Sequence[str]) -> torch.Tensor:
+            tokens = self.encoder.tokenize(batch)
+            counts.append(int((tokens != 0).sum()))
+            return tokens
+
+        vectors = await self._submit("text", texts, len(texts), tokenize)
+        return vectors, sum(counts)
 
     async def encode_images(self, images: Sequence[ImageInput] | torch.Tensor) -> np.ndarray:
         """Images (bytes, PIL, or a preprocessed (n, C, H, W) tensor) -> (n, dim) float32."""
