@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install test test-fast lint format run bench clean
+.PHONY: install test test-fast lint format run bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 	@# The loopback load benchmark (benchmarks/bench_load.py) drives the server with Debian's wrk.
 	@if [ "$$(id -u)" = 0 ]; then command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk); fi
 	$(PY) -m benchmarks
+
+gpu-check: $(STAMP)
+	@# the gpu-marked tests + GPU benchmarks + one table; run it on a machine with a CUDA GPU
+	timeout 480 $(PY) -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
