@@ -191,3 +191,15 @@ def test_pack_stays_within_every_limit() -> None:
     assert max(full) == 3  # batches are filled, not one part each
     big = [Part(b"y" * 5000), Part(b"z")]  # too large alone: sent alone (the server says 413)
     assert list(pack(big, limits)) == [(0, 1), (1, 2)]
+
+
+def test_the_client_and_adapters_never_import_service_or_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, gapfix.client, gapfix.integrations.langchain, "
+            "gapfix.integrations.llama_index; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'service', 'torch'}))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -71,7 +71,6 @@ class Embedded:
     transform_name: str | None = None
     fingerprint: str | None = None
     corrected: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _renamed(exc: GapfixClientError, names: dict[str, list[str]]) -> GapfixClientError:
