@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from gapfix.errors import InputError, PayloadTooLargeError
 from service import media
 from service.errors import ApiError
 from service.state import AppState
@@ -52,4 +53,11 @@ async def load_image_inputs(
             blobs[i] = (where, data)
     ready = [b for b in blobs if b is not None]
     s = state.settings
-    return await run_in_threadpool(media.load_images, ready, s.max_image_pixels)
+    try:
+        return await run_in_threadpool(media.load_images, ready, s.max_image_pixels)
+    except PayloadTooLargeError:
+        raise
+    except InputError as exc:  # name the input, and say when it is a fetched body that is bad
+        fetched = exc.param in {where for _, where, _ in urls}
+        what = "the body fetched from the URL is not a usable image: " if fetched else ""
+        raise InputError(f"{exc.param}: {what}{exc.message}", param=exc.param) from None

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import make_gapped
+from tests.test_service_fetching import RED, ImageServer
 from tests.test_service_process import AUTH, KEY, Server
 
 pytestmark = pytest.mark.slow
@@ -105,8 +106,25 @@ def env_for(server: Server, cwd: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(work: Path) -> Iterator[Server]:
-    srv = Server(work / "data", work / "serve.log", model_args=TINY)
+def images() -> Iterator[ImageServer]:
+    """A local image server, on the live server's URL allow-list."""
+    s = ImageServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def other() -> Iterator[ImageServer]:
+    """A loopback image server that is not on the allow-list."""
+    s = ImageServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def server(work: Path, images: ImageServer) -> Iterator[Server]:
+    srv = Server(work / "data", work / "serve.log", model_args=TINY,
+                 extra_env={"GAPFIX_URL_ALLOW": f"127.0.0.1:{images.port}"})  # fmt: skip
     try:
         srv.wait_ready()
         os.environ["GAPFIX_URL"], os.environ["GAPFIX_KEY"] = srv.url, KEY
@@ -209,6 +227,52 @@ def test_sdk_errors(server: Server, work: Path) -> None:
         sdk.models.retrieve("nope")
     after = sorted(str(p) for p in (work / "data").rglob("*") if ".tmp-" not in p.name)
     assert after == listing  # nothing written by the refused calls
+
+
+def test_sdk_images_by_loopback_url(
+    server: Server, work: Path, images: ImageServer, other: ImageServer
+) -> None:
+    """``modality: image`` inputs given as URLs of an allow-listed loopback server: raw and
+    corrected, float and base64, mixed with data URIs; a redirect to a loopback port not on
+    the allow-list and a non-image URL are 400s in OpenAI's shape and write nothing."""
+    import openai
+
+    if server.client.get("/v1/transforms/coco").status_code == 404:
+        bash(snippet("register"), work, env_for(server, work))
+    sdk = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    model = "gapfix-tiny/none"
+    photo = (work / "photo.jpg").read_bytes()
+    inline = [base64.b64encode(b).decode() for b in (RED, photo)]
+    raw = np.asarray(server.client.post("/v1/embed", json={"images": inline}).json()["images"],
+                     np.float32)  # fmt: skip
+    want = apply_cli(work, "coco.gapfix", raw, "image")
+    inputs = [f"{images.url}/red.png", "data:image/jpeg;base64," + inline[1],
+              f"{images.url}/hops/2"]  # fmt: skip
+    for fmt in ("float", "base64"):
+        r = sdk.embeddings.create(model=model, input=inputs, encoding_format=fmt,
+                                  extra_body={"modality": "image"})  # fmt: skip
+        assert np.allclose(vecs(r), raw[[0, 1, 0]], atol=1e-6)
+        r = sdk.embeddings.create(model=model, input=inputs, encoding_format=fmt,
+                                  extra_body={"modality": "image", "transform": "coco"})  # fmt: skip
+        assert np.allclose(vecs(r), want[[0, 1, 0]], atol=1e-5)
+        assert r.usage.prompt_tokens == 0
+    listing = sorted(str(p) for p in (work / "data").rglob("*") if ".tmp-" not in p.name)
+    seen = len(other.requests)
+    bad = [([inputs[0], f"{images.url}/to/{other.port}/red.png"], "input[1]", "url_refused"),
+           ([f"{images.url}/page.html"], "input[0]", None),
+           ([f"{images.url}/missing.png"], "input[0]", "fetch_failed")]  # fmt: skip
+    for urls, param, code in bad:
+        with pytest.raises(openai.BadRequestError) as info:
+            sdk.embeddings.create(model=model, input=urls, extra_body={"modality": "image"})
+        err = info.value.body
+        assert set(err) == {"message", "type", "param", "code"}, err
+        assert err["param"] == param and err["type"] == "invalid_request_error", err
+        assert err["message"].startswith(f"{param}: ")
+        if code:
+            assert err["code"] == code, err
+    assert len(other.requests) == seen  # the redirect target was never contacted
+    after = sorted(str(p) for p in (work / "data").rglob("*") if ".tmp-" not in p.name)
+    assert after == listing
 
 
 def test_readme_tei(server: Server, work: Path) -> None:

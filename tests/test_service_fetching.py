@@ -494,3 +494,46 @@ def test_a_live_server_fetches_allowed_urls_and_refuses_others(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_openai_embeddings_private_and_timing_out_urls(tmp_path: Path, server) -> None:
+    """``/v1/embeddings`` image URLs: a name resolving to a private address (stubbed resolver:
+    nothing connects to it) and a URL that times out are 400s in OpenAI's shape naming the
+    input, and nothing is written."""
+    silent = SilentServer()
+    s = Settings(  # type: ignore[call-arg]
+        _env_file=None, model="gapfix-tiny", pretrained="none", device="cpu",
+        data_dir=tmp_path / "data", url_timeout_s=0.5,
+        url_allow=f"127.0.0.1:{server.port},127.0.0.1:{silent.port}",
+    )  # fmt: skip
+    try:
+        with TestClient(create_app(s)) as c:
+            fetcher = c.app.state.gapfix.fetcher
+            real = fetcher.resolve
+
+            async def resolve(host: str, port: int, param: str, where: str):
+                if host == "intranet.test":
+                    return [ipaddress.ip_address("10.20.30.40")]
+                return await real(host, port, param, where)
+
+            fetcher.resolve = resolve
+            before = sorted(str(p) for p in (tmp_path / "data").rglob("*"))
+            ok = f"{server.url}/red.png"
+            cases = [([ok, "https://intranet.test/x.jpg"], "input[1]", "url_refused", "private"),
+                     ([f"http://127.0.0.1:{silent.port}/x.png"], "input[0]", "fetch_failed",
+                      "timed out")]  # fmt: skip
+            for urls, param, code, why in cases:
+                t0 = time.perf_counter()
+                r = c.post("/v1/embeddings", json={"model": "gapfix-tiny/none", "input": urls,
+                                                   "modality": "image"})  # fmt: skip
+                assert r.status_code == 400, r.text
+                e = r.json()["error"]
+                assert set(e) == {"message", "type", "param", "code"}
+                assert (e["param"], e["code"], e["type"]) == (param, code, "invalid_request_error")
+                assert why in e["message"] and time.perf_counter() - t0 < 5
+            r = c.post("/v1/embeddings", json={"model": "gapfix-tiny/none", "input": [ok],
+                                               "modality": "image"})  # fmt: skip
+            assert r.status_code == 200  # the same app fetches an allowed URL
+            assert sorted(str(p) for p in (tmp_path / "data").rglob("*")) == before
+    finally:
+        silent.close()
