@@ -24,7 +24,7 @@ class AppState:
     """Everything a request needs, built by the lifespan and reached through ``service.deps``."""
 
     settings: Settings
-    store: Store | None = None
+    store: Store | Any = None  # Store, or gapfix.store.milvus.MilvusStore
     encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
     batcher: Any = None  # gapfix.encoders.MicroBatcher
     searcher: SearchBatcher = field(default_factory=SearchBatcher)
@@ -69,10 +69,9 @@ class AppState:
         # Process-wide: merged query batches (e.g. 64 x 512) sit below FAISS's default BLAS
         # threshold and would take its much slower per-query path (see `make bench`).
         faiss.cvar.distance_compute_blas_threshold = s.faiss_blas_threshold
-        self.store = await to_thread.run_sync(
-            lambda: Store(s.data_dir, flush_interval=s.flush_interval_s)
-        )
-        log.info("store opened at %s (%d collections)", s.data_dir, len(self.store.names()))
+        self.store = await to_thread.run_sync(s.open_store)
+        where = s.data_dir if s.store == "embedded" else s.store
+        log.info("store opened at %s (%d collections)", where, len(self.store.names()))
         self.started = True
 
     def _load_model(self) -> None:

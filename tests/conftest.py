@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.milvus_server import milvus_uri  # noqa: F401  (session fixture)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 COCO = FIXTURES / "coco_val2017_clip_vitb16_dev250.npz"
 
