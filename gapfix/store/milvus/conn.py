@@ -36,6 +36,17 @@ BLOB_CHUNKS = 4096
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class _NoMvccWarning(logging.Filter):
+    """Milvus Lite answers query iterators without an MVCC timestamp; pymilvus then warns
+    on every iteration (and falls back to a client-side one, which is what we want)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "mvccTs" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_NoMvccWarning())
+
+
 class StoreUnavailableError(GapfixError):
     """Milvus did not answer (down, unreachable, timed out); the service answers 503."""
 
