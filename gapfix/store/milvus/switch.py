@@ -304,14 +304,15 @@ class TransformSwitch:
             ids = [r["id"] for r in rows]
             with self._write_lock:  # type: ignore[attr-defined]
                 self._check(job)
-                comps = self._components(ids, dim)  # type: ignore[attr-defined]
-                if len(comps):
+                # whole rows, re-read under the lock (a write in between cannot be undone);
+                # every field but the pending slot is written back as it was
+                full = self.client.get(self.name, ids=ids, output_fields=["*"])  # type: ignore[attr-defined]
+                if full:
+                    comps = Components.from_rows(full, dim)
                     vecs, _ = comps.corrected(job.transform)
-                    self.client.upsert(  # type: ignore[attr-defined]
-                        self.name,
-                        [{"id": i, slot: vecs[n].tolist()} for n, i in enumerate(comps.ids)],
-                        partial_update=True,
-                    )
+                    for n, row in enumerate(full):
+                        row[slot] = vecs[n].tolist()
+                    self.client.upsert(self.name, full)  # type: ignore[attr-defined]
         with self._write_lock:  # type: ignore[attr-defined]
             self._check(job)
             job.phase = "switching"
