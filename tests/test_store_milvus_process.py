@@ -87,7 +87,10 @@ def milvus_state(uri: str) -> tuple[dict, dict[str, np.ndarray], Components, Met
     mc = connect(parse_store_uri(uri))
     meta = Meta(mc)
     doc, _ = meta.get_collection(NAME)
-    rows = mc.query(NAME, filter="", output_fields=[*COMPONENT_FIELDS, *SLOTS], limit=16384)
+    # plain dicts first: pymilvus decodes vector fields lazily by position, so sorting its
+    # result list in place would pair rows with other rows' vectors
+    found = mc.query(NAME, filter="", output_fields=[*COMPONENT_FIELDS, *SLOTS], limit=16384)
+    rows = [dict(r) for r in found]
     rows.sort(key=lambda r: r["id"])
     slots = {s: np.asarray([r[s] for r in rows], np.float32) for s in SLOTS}
     return doc, slots, Components.from_rows(rows, doc["dim"]), meta

@@ -224,9 +224,10 @@ class MilvusCollection(TransformSwitch):
     def _components(self, ids: list[str], dim: int) -> R.Components:
         rows = []
         for i in range(0, len(ids), ITER_BATCH):
-            rows += self.client.get(
+            got = self.client.get(
                 self.name, ids=ids[i : i + ITER_BATCH], output_fields=R.COMPONENT_FIELDS
             )
+            rows += [dict(r) for r in got]
         return R.Components.from_rows(rows, dim)
 
     def _new_meta(
@@ -363,7 +364,7 @@ class MilvusCollection(TransformSwitch):
         )
         try:
             while rows := it.next():
-                yield rows
+                yield [dict(r) for r in rows]  # pymilvus decodes vectors lazily by position
         finally:
             it.close()
 

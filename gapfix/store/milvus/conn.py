@@ -93,7 +93,10 @@ def connect(target: MilvusTarget, token: str = "", timeout: float = 10.0, **tls:
     ``tls``: pymilvus's own keywords (``server_pem_path``, ``server_name``, ``ca_pem_path``,
     ``client_pem_path``, ``client_key_path``); empty values are left out.
     """
-    from pymilvus import MilvusClient
+    try:
+        from pymilvus import MilvusClient
+    except ImportError:
+        raise GapfixError("the Milvus store needs pymilvus: pip install 'gapfix[milvus]'") from None
 
     kwargs = {k: v for k, v in tls.items() if v}
     plog = logging.getLogger("pymilvus")
