@@ -163,3 +163,64 @@ def test_serve_with_an_unreachable_or_bad_store_exits_2(
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and expect in lines[0], r.output
+
+
+def test_answers_during_a_switch_come_from_the_old_space_and_name_it(milvus_uri: str) -> None:
+    from gapfix.store import ItemIn
+    from gapfix.store.milvus import MilvusStore, parse_store_uri
+
+    drop_all_milvus(milvus_uri)
+    _, img, txt = coco_items()
+    store = MilvusStore(parse_store_uri(milvus_uri), switch_batch=1)
+    try:
+        coll = store.create_collection("sw")
+        coll.add([ItemIn(f"img{k}", image=img[k]) for k in range(100)]
+                 + [ItemIn(f"txt{k}", text=txt[k]) for k in range(100)])  # fmt: skip
+        assert coll.fit_transform("centering", wait_seconds=60)
+        old = coll.search_view(txt[:5], "text", k=5)
+        assert old.transform.method == "centering"
+        assert coll.fit_transform("standardize", wait_seconds=0) is False
+        seen = 0
+        while coll.transform_status["status"] == "rebuilding":
+            during = coll.search_view(txt[:5], "text", k=5)
+            if coll.transform_status["status"] != "rebuilding":
+                break
+            assert during.transform is old.transform  # the old space, named as such
+            assert [[h.id for h in q] for q in during.hits] == [[h.id for h in q]
+                                                                 for q in old.hits]  # fmt: skip
+            seen += 1
+        assert seen > 0
+        assert coll.wait_transform(60)
+        assert coll.search_view(txt[:5], "text", k=5).transform.method == "standardize"
+    finally:
+        store.close()
+        drop_all_milvus(milvus_uri)
+
+
+def test_replicas_over_one_milvus_share_collections_and_transforms(milvus_uri: str) -> None:
+    from gapfix.store import ItemIn
+    from gapfix.store.milvus import MilvusStore, parse_store_uri
+
+    drop_all_milvus(milvus_uri)
+    _, img, txt = coco_items()
+    a = MilvusStore(parse_store_uri(milvus_uri), refresh_s=0.0)
+    b = MilvusStore(parse_store_uri(milvus_uri), refresh_s=0.0)
+    try:
+        ca = a.create_collection("shared")
+        ca.add([ItemIn(f"img{k}", image=img[k]) for k in range(50)]
+               + [ItemIn(f"txt{k}", text=txt[k]) for k in range(50)])  # fmt: skip
+        cb = b.get("shared")  # created by the other replica after this one started
+        assert cb.counts() == {"image": 50, "text": 50, "document": 0}
+        assert ca.fit_transform("centering", wait_seconds=60)
+        assert cb.active_transform.method == "centering"
+        hits_a = ca.search(txt[:3], "text", k=5)
+        hits_b = cb.search(txt[:3], "text", k=5)
+        assert [[h.id for h in q] for q in hits_a] == [[h.id for h in q] for q in hits_b]
+        gap_a, gap_b = ca.gap_statistics(), cb.gap_statistics()
+        assert gap_a["centroid_gap"] == gap_b["centroid_gap"]
+        cb.delete_item("img0")
+        assert ca.counts()["image"] == 49
+    finally:
+        a.close()
+        b.close()
+        drop_all_milvus(milvus_uri)
