@@ -224,3 +224,28 @@ def test_replicas_over_one_milvus_share_collections_and_transforms(milvus_uri: s
         a.close()
         b.close()
         drop_all_milvus(milvus_uri)
+
+
+def test_a_missing_transform_artifact_leaves_the_items_reachable(milvus_uri: str) -> None:
+    from gapfix.store import ItemIn
+    from gapfix.store.milvus import MilvusStore, parse_store_uri
+
+    drop_all_milvus(milvus_uri)
+    _, img, txt = coco_items()
+    store = MilvusStore(parse_store_uri(milvus_uri))
+    try:
+        coll = store.create_collection("lost")
+        coll.add([ItemIn(f"img{k}", image=img[k]) for k in range(20)]
+                 + [ItemIn(f"txt{k}", text=txt[k]) for k in range(20)])  # fmt: skip
+        assert coll.fit_transform("centering", wait_seconds=60)
+        store.meta.prune_artifacts("lost", set())  # the artifact row is gone
+        store.close()
+        store = MilvusStore(parse_store_uri(milvus_uri))
+        again = store.get("lost")
+        assert again.active_transform is None
+        found = again.search_view(txt[:2], "text", k=3)
+        assert found.transform is None and len(found.hits[0]) == 3
+        assert again.count() == 40
+    finally:
+        store.close()
+        drop_all_milvus(milvus_uri)

@@ -15,6 +15,7 @@ transform is whichever of the two slots ``corrected`` / ``corrected_b`` the meta
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,10 +32,12 @@ from gapfix.store.items import (
     validate_batch,
 )
 from gapfix.store.milvus import rows as R
-from gapfix.store.milvus.conn import SLOTS, milvus_call
+from gapfix.store.milvus.conn import SLOTS, StoreUnavailableError, milvus_call
 from gapfix.store.milvus.meta import Meta, Sums, add_sums, zero_sums
 from gapfix.store.milvus.reads import ITER_BATCH, Reads, gap_of
 from gapfix.store.milvus.switch import TransformSwitch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,23 @@ class MilvusCollection(Reads, TransformSwitch):
             self._closed = True
             raise NotFoundError(f"collection {self.name!r} not found", param="collection")
         doc, sums = got
-        active = self._load_transform(doc.get("active"))
         pending = doc.get("pending")
-        ptrans = self._load_transform(pending["fp"]) if pending else None
+        active = self._load_or_none(doc.get("active"), "active")
+        ptrans = self._load_or_none(pending["fp"], "pending") if pending else None
         return View(doc, active, ptrans, sums if with_sums else None, time.monotonic())
+
+    def _load_or_none(self, fp: str | None, which: str) -> Any:
+        """A damaged or missing artifact must not make the items unreachable: searches then
+        answer from the raw space (and a pending switch is not resumed)."""
+        try:
+            return self._load_transform(fp)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailableError) or type(exc).__module__.startswith(
+                ("pymilvus", "grpc")
+            ):
+                raise  # Milvus did not answer: a 503, not a missing transform
+            log.error("collection %s: %s transform %s unreadable: %s", self.name, which, fp, exc)
+            return None
 
     def _load_transform(self, fp: str | None) -> Any:
         if not fp:
