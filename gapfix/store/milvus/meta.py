@@ -113,7 +113,7 @@ class Meta:
         self._put(f"coll:{name}", doc, pack_sums(sums))
 
     def delete_collection(self, name: str) -> None:
-        self.client.delete(META_COLLECTION, filter=f'key like "art:{name}:%"')
+        self.prune_artifacts(name, set())
         self.client.delete(META_COLLECTION, ids=[f"coll:{name}"])
 
     # -- transform artifacts
@@ -128,6 +128,11 @@ class Meta:
         rows = self.client.query(
             META_COLLECTION, filter=f'key like "art:{name}:%"', output_fields=["key"]
         )
-        drop = [r["key"] for r in rows if r["key"].rsplit(":", 1)[1] not in keep]
+        prefix = f"art:{name}:"  # exact prefix: '_' in a name may be a LIKE wildcard
+        drop = [
+            r["key"]
+            for r in rows
+            if r["key"].startswith(prefix) and r["key"][len(prefix) :] not in keep
+        ]
         if drop:
             self.client.delete(META_COLLECTION, ids=drop)
