@@ -52,6 +52,31 @@ def _check_data_dir() -> None:
         release(fd)
 
 
+def _check_store() -> None:
+    """With ``--store milvus://...``: a bad URI or an unreachable Milvus is a one-line error
+    (exit 2) before anything starts; ``embedded`` checks the data dir instead."""
+    store = _setting("GAPFIX_STORE", "embedded") or "embedded"
+    if store == "embedded":
+        _check_data_dir()
+        return
+    from gapfix.store.milvus.conn import connect, parse_store_uri
+
+    secure = _setting("GAPFIX_MILVUS_SECURE", "false").lower() in ("1", "true", "yes", "on")
+    target = parse_store_uri(store, secure)
+    timeout = _setting("GAPFIX_MILVUS_TIMEOUT_S", "10")
+    client = connect(
+        target,
+        token=_setting("GAPFIX_MILVUS_TOKEN", ""),
+        timeout=float(timeout) if timeout else 10.0,
+        server_pem_path=_setting("GAPFIX_MILVUS_SERVER_PEM_PATH", ""),
+        server_name=_setting("GAPFIX_MILVUS_SERVER_NAME", ""),
+        ca_pem_path=_setting("GAPFIX_MILVUS_CA_PEM_PATH", ""),
+        client_pem_path=_setting("GAPFIX_MILVUS_CLIENT_PEM_PATH", ""),
+        client_key_path=_setting("GAPFIX_MILVUS_CLIENT_KEY_PATH", ""),
+    )
+    client.close()
+
+
 def _preload_model() -> None:
     """Load the configured model before uvicorn starts, so that weights that are neither local
     nor reachable, a broken checkpoint, or a bad device or precision is a one-line error
@@ -99,6 +124,13 @@ def serve(
         help="Directory of the collections (default ./data).",
         show_default=False,
     ),
+    store: str = typer.Option(
+        None,
+        "--store",
+        help="Where collections live: 'embedded' (default; in --data-dir) or "
+        "milvus://HOST:PORT[/db] (token/TLS: GAPFIX_MILVUS_* variables).",
+        show_default=False,
+    ),
     host: str = typer.Option("127.0.0.1", "--host", envvar="GAPFIX_HOST", help="Bind address."),
     port: int = typer.Option(
         8000, "--port", envvar="GAPFIX_PORT", min=1, max=65535, help="TCP port."
@@ -115,13 +147,14 @@ def serve(
         "GAPFIX_MODEL": model,
         "GAPFIX_PRETRAINED": pretrained,
         "GAPFIX_DATA_DIR": None if data_dir is None else str(data_dir),
+        "GAPFIX_STORE": store,
         "GAPFIX_HOST": host,
         "GAPFIX_PORT": str(port),
     }
     for key, value in overrides.items():
         if value is not None:
             os.environ[key] = value
-    _check_data_dir()  # one-line errors (exit 2) instead of a failed start-up with a traceback
+    _check_store()  # one-line errors (exit 2) instead of a failed start-up with a traceback
     _preload_model()
     logging.basicConfig(  # force: open_clip's root-level logging during the load set a default
         level=getattr(logging, level.upper()),
