@@ -85,6 +85,7 @@ class MilvusCollection(Reads, TransformSwitch):
         self._write_lock = threading.RLock()
         self._transforms: dict[str, Any] = {}
         self._rebuilder = Rebuilder(name, self._write_lock)
+        self._data_ready = False  # the Milvus collection exists (ensure_data_collection)
         self._closed = False
         self._view = self._read(with_sums=True)
         self.index_kind: str = self._view.doc["index"]
@@ -159,7 +160,10 @@ class MilvusCollection(Reads, TransformSwitch):
         """Create the Milvus collection of ``dim``-d vectors (the dimension is now fixed)."""
         from gapfix.store.milvus.conn import build_schema, data_fields
 
+        if self._data_ready:  # checked once per process: a round trip less per write
+            return
         if self.client.has_collection(self.name):
+            self._data_ready = True
             return
         kind, params = index_params_for(self.index_kind, self.index_params, dim)
         index = self.client.prepare_index_params()
@@ -171,6 +175,7 @@ class MilvusCollection(Reads, TransformSwitch):
             index_params=index,
             consistency_level="Strong",
         )
+        self._data_ready = True
 
     # ------------------------------------------------------------------ info
     @property
