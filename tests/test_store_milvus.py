@@ -256,3 +256,19 @@ def test_a_missing_transform_artifact_leaves_the_items_reachable(milvus_store: s
     finally:
         store.close()
         drop_all_milvus(milvus_store)
+
+
+def test_a_snapshot_of_a_milvus_collection_keeps_its_fingerprint(milvus_client) -> None:
+    """transform_view / active_artifact: a named transform registered from a Milvus
+    collection has the collection's fingerprint and corrects exactly as it does."""
+    c = milvus_client
+    ingest_and_fit(c, "snap")
+    fp = c.get("/v1/collections/snap/transform").json()["fingerprint"]
+    r = c.post("/v1/transforms", json={"name": "s", "from_collection": "snap"})
+    assert r.status_code == 201 and r.json()["fingerprint"] == fp, r.text
+    _, _, txt = coco_items()
+    q = txt[:4].tolist()
+    by_name = c.post("/v1/correct", json={"modality": "text", "vectors": q, "transform": "s"})
+    by_coll = c.post("/v1/correct", json={"modality": "text", "vectors": q, "collection": "snap"})
+    assert by_name.json()["fingerprint"] == by_coll.json()["fingerprint"] == fp
+    assert np.allclose(by_name.json()["vectors"], by_coll.json()["vectors"], atol=1e-6)

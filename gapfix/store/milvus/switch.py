@@ -18,7 +18,6 @@ the new slot is complete. Either way no answer mixes the two spaces.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
@@ -178,8 +177,10 @@ class TransformSwitch:
 
     # ------------------------------------------------------------------ the job
     def _save_artifact(self, transform: Any) -> str:
+        from gapfix.transforms.registry import fingerprint
+
         data = transform_to_bytes(transform)
-        fp = hashlib.sha256(data).hexdigest()[:16]
+        fp = fingerprint(data)  # as the embedded store's and the named-transform registry's
         self.meta.put_artifact(self.name, fp, data)  # type: ignore[attr-defined]
         return fp
 
