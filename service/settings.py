@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gapfix.errors import InputError
 from service.url_guard import AllowList
 
 log = logging.getLogger("gapfix.service")
@@ -29,7 +31,25 @@ class Settings(BaseSettings):
 
     model: str = Field("ViT-B-32", description="open_clip model; 'none' = vectors mode")
     pretrained: str = Field("laion2b_s34b_b79k", description="weights tag, path or 'none'")
-    data_dir: Path = Field(Path("data"), description="collections live here")
+    data_dir: Path = Field(Path("data"), description="collections live here (embedded store)")
+    store: str = Field(
+        "embedded",
+        description="'embedded' (SQLite + FAISS in data_dir) or milvus://HOST:PORT[/db]",
+    )
+    milvus_token: str = Field("", description="Milvus token ('user:password' or an API key)")
+    milvus_secure: bool = Field(False, description="TLS to Milvus (https)")
+    milvus_server_pem_path: str = Field("", description="Milvus server certificate (one-way TLS)")
+    milvus_server_name: str = Field("", description="TLS server name of Milvus")
+    milvus_ca_pem_path: str = Field("", description="CA certificate (two-way TLS)")
+    milvus_client_pem_path: str = Field("", description="client certificate (two-way TLS)")
+    milvus_client_key_path: str = Field("", description="client key (two-way TLS)")
+    milvus_timeout_s: float = Field(10.0, gt=0, description="Milvus connect/request timeout")
+    milvus_refresh_s: float = Field(
+        1.0, ge=0, description="reads re-read a collection's state from Milvus this often"
+    )
+    milvus_switch_batch: int = Field(
+        512, ge=1, le=16384, description="items re-corrected per batch in a transform switch"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: str = "auto"
@@ -123,6 +143,40 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("store", mode="after")
+    @classmethod
+    def _check_store(cls, v: str) -> str:
+        v = v.strip()
+        if v != "embedded":
+            from gapfix.store.milvus.conn import parse_store_uri
+
+            try:
+                parse_store_uri(v)
+            except InputError as exc:
+                raise ValueError(exc.message) from None
+        return v
+
+    def open_store(self) -> Any:
+        """The configured store: ``Store(data_dir)`` or a ``MilvusStore``."""
+        if self.store == "embedded":
+            from gapfix.store import Store
+
+            return Store(self.data_dir, flush_interval=self.flush_interval_s)
+        from gapfix.store.milvus import MilvusStore, parse_store_uri
+
+        return MilvusStore(
+            parse_store_uri(self.store, self.milvus_secure),
+            token=self.milvus_token,
+            timeout=self.milvus_timeout_s,
+            refresh_s=self.milvus_refresh_s,
+            switch_batch=self.milvus_switch_batch,
+            server_pem_path=self.milvus_server_pem_path,
+            server_name=self.milvus_server_name,
+            ca_pem_path=self.milvus_ca_pem_path,
+            client_pem_path=self.milvus_client_pem_path,
+            client_key_path=self.milvus_client_key_path,
+        )
 
     @property
     def vectors_mode(self) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 from anyio import to_thread
 
 from gapfix.metrics import BATCH_ROWS, ENCODE_BATCH_SIZE, QUEUE_DEPTH, STAGE_LATENCY
-from gapfix.store import CollectionStore, NotFoundError, Store
+from gapfix.store import CollectionStore, NotFoundError
 from gapfix.transforms.registry import TransformRegistry
 from service.fetching import ImageFetcher
 from service.search_batching import SearchBatcher
@@ -28,7 +28,7 @@ class AppState:
     """Everything a request needs, built by the lifespan and reached through ``service.deps``."""
 
     settings: Settings
-    store: CollectionStore | None = None
+    store: CollectionStore | None = None  # embedded Store or gapfix.store.milvus.MilvusStore
     transforms: TransformRegistry | None = None  # named transforms (data_dir/transforms)
     encoder: Any = None  # gapfix.encoders.ClipEncoder (None in vectors mode)
     batcher: Any = None  # gapfix.encoders.MicroBatcher
@@ -86,10 +86,9 @@ class AppState:
         # Process-wide: merged query batches (e.g. 64 x 512) sit below FAISS's default BLAS
         # threshold and would take its much slower per-query path (see `make bench`).
         faiss.cvar.distance_compute_blas_threshold = s.faiss_blas_threshold
-        self.store = await to_thread.run_sync(
-            lambda: Store(s.data_dir, flush_interval=s.flush_interval_s)
-        )
-        log.info("store opened at %s (%d collections)", s.data_dir, len(self.store.names()))
+        self.store = await to_thread.run_sync(s.open_store)
+        where = s.data_dir if s.store == "embedded" else s.store
+        log.info("store opened at %s (%d collections)", where, len(self.store.names()))
         self.transforms = await to_thread.run_sync(
             lambda: TransformRegistry(s.data_dir / "transforms")
         )

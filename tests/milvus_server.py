@@ -18,7 +18,8 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free loopback TCP port."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
@@ -45,7 +46,7 @@ def start_milvus_lite(data_dir: str | Path) -> tuple[subprocess.Popen, str]:
     once it answers. The caller stops it (``proc.terminate()``)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     log = open(data_dir.parent / f"{data_dir.name}.milvus.log", "ab")  # noqa: SIM115
     args = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
             "--host", HOST, "--port", str(port)]  # fmt: skip
@@ -62,6 +63,11 @@ def start_milvus_lite(data_dir: str | Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.1)
     stop(proc)
     raise RuntimeError(f"milvus_lite server did not answer on {uri} in {START_TIMEOUT:.0f}s")
+
+
+def store_uri(uri: str) -> str:
+    """The ``gapfix serve --store`` form (``milvus://HOST:PORT``) of a server's URI."""
+    return "milvus://" + uri.removeprefix("http://")
 
 
 def stop(proc: subprocess.Popen) -> None:

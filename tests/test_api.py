@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.settings import Settings
+from tests.milvus_server import store_uri
 
 D = 32
 KEY = "s3cret-key"
@@ -49,10 +50,31 @@ def client_for(tmp_path: Path, **overrides: Any) -> Iterator[TestClient]:
         yield client
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    with client_for(tmp_path) as c:
-        yield c
+def drop_all_milvus(uri: str) -> None:
+    """Empty the test Milvus server (every collection, ``gapfix_meta`` included)."""
+    from gapfix.store.milvus.conn import connect, parse_store_uri
+
+    mc = connect(parse_store_uri(uri))
+    for name in mc.list_collections():
+        mc.drop_collection(name)
+    mc.close()
+
+
+@pytest.fixture(params=["embedded", "milvus"])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+    """The API on each store backend: embedded (SQLite + FAISS) and Milvus (Milvus Lite)."""
+    if request.param == "embedded":
+        with client_for(tmp_path) as c:
+            yield c
+        return
+    uri = store_uri(request.getfixturevalue("milvus_uri"))
+    drop_all_milvus(uri)
+    try:
+        with client_for(tmp_path, store=uri) as c:
+            assert type(c.app.state.gapfix.store).__name__ == "MilvusStore"
+            yield c
+    finally:
+        drop_all_milvus(uri)
 
 
 def assert_error(r, status: int, type_: str | None = None, param: str | None = None) -> dict:

@@ -62,12 +62,6 @@ def settings_names() -> set[str]:
     return {f"GAPFIX_{name.upper()}" for name in Settings.model_fields}
 
 
-def store_settings_names() -> set[str]:
-    """`settings_names` plus GAPFIX_STORE, the store setting of the Milvus backend (issue 12,
-    built alongside these deploy files; part of Settings once it lands)."""
-    return settings_names() | {"GAPFIX_STORE"}
-
-
 def _run(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kwargs)
 
@@ -495,7 +489,7 @@ def test_milvus_overlay_is_stateless_and_autoscaled(rendered, dockerfile) -> Non
                 pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} vs {version}: {exc}")
     assert "persistentVolumeClaim" not in json.dumps(docs), "no PVC: the data lives in Milvus"
     (config,) = _by_kind(docs, "ConfigMap").values()
-    assert set(config["data"]) <= store_settings_names()
+    assert set(config["data"]) <= settings_names()
     assert config["data"]["GAPFIX_STORE"] == "milvus://milvus.milvus.svc.cluster.local:19530"
     (dep,) = _by_kind(docs, "Deployment").values()
     assert "replicas" not in dep["spec"], "the HPA owns the replica count"
@@ -618,7 +612,7 @@ def test_compose_milvus_profile_is_wired_together() -> None:
     app, on_milvus = services["gapfix"], services["gapfix-milvus"]
     assert on_milvus["image"] == app["image"] and on_milvus["build"] == app["build"]
     assert "command" not in on_milvus and "entrypoint" not in on_milvus
-    assert set(on_milvus["environment"]) <= store_settings_names()
+    assert set(on_milvus["environment"]) <= settings_names()
     assert on_milvus["environment"]["GAPFIX_STORE"] == "milvus://milvus:19530"
     assert {k: v for k, v in on_milvus["environment"].items() if k != "GAPFIX_STORE"} == (
         app["environment"]

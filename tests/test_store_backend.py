@@ -22,6 +22,7 @@ from gapfix.store import (
     Searched,
     Store,
 )
+from gapfix.store.milvus import MilvusCollection, MilvusStore
 from gapfix.store.rebuild import Job, Rebuilder
 
 
@@ -31,9 +32,15 @@ def _members(proto: type) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    ("proto", "impl"), [(Collection, EmbeddedCollection), (CollectionStore, Store)]
+    ("proto", "impl"),
+    [
+        (Collection, EmbeddedCollection),
+        (CollectionStore, Store),
+        (Collection, MilvusCollection),
+        (CollectionStore, MilvusStore),
+    ],
 )
-def test_the_embedded_backend_implements_the_protocols(proto: type, impl: type) -> None:
+def test_each_backend_implements_the_protocols(proto: type, impl: type) -> None:
     members = _members(proto)
     assert len(members) == (24 if proto is Collection else 7)
     for name, want in members.items():

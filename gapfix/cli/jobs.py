@@ -121,7 +121,18 @@ def correct(
 @guarded
 def index_build(
     manifest: Path = typer.Option(..., "--manifest", help="manifest.json of an embed job."),
-    data_dir: Path = typer.Option(..., "--data-dir", help="Store data directory (gapfix serve)."),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="Data directory of the embedded store (gapfix serve --data-dir)."
+    ),
+    store: str = typer.Option(
+        "embedded",
+        "--store",
+        envvar="GAPFIX_STORE",
+        help="'embedded' (in --data-dir) or milvus://HOST:PORT[/db] (gapfix serve --store; "
+        "token and TLS from GAPFIX_MILVUS_TOKEN / GAPFIX_MILVUS_SECURE).",
+    ),
+    milvus_token: str = typer.Option("", envvar="GAPFIX_MILVUS_TOKEN", hidden=True),
+    milvus_secure: bool = typer.Option(False, envvar="GAPFIX_MILVUS_SECURE", hidden=True),
     collection: str = typer.Option(..., "--collection", help="Collection name."),
     index: str = typer.Option("flat", "--index", help="flat, hnsw or ivfpq."),
     transform: Path = typer.Option(
@@ -140,13 +151,17 @@ def index_build(
     progress: str = typer.Option("auto", "--progress", help=_PROGRESS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
-    """Turn embedding shards into a collection that `gapfix serve --data-dir` serves."""
+    """Turn embedding shards into a collection that `gapfix serve` serves (--data-dir or
+    --store)."""
     from gapfix.jobs.index import build_index
 
     summary = build_index(
         manifest,
         data_dir,
         collection,
+        store=store.strip() or "embedded",
+        milvus_token=milvus_token,
+        milvus_secure=milvus_secure,
         index=index,
         transform=transform,
         pairs=pairs,

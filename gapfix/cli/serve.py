@@ -64,6 +64,27 @@ def _check_data_dir(path: Path) -> None:
         release(fd)
 
 
+def _check_store(settings: Any) -> None:
+    """With ``--store milvus://...``: a bad URI or an unreachable Milvus is a one-line error
+    (exit 2) before anything starts; ``embedded`` checks the data dir instead."""
+    if settings.store == "embedded":
+        _check_data_dir(settings.data_dir)
+        return
+    from gapfix.store.milvus.conn import connect, parse_store_uri
+
+    client = connect(
+        parse_store_uri(settings.store, settings.milvus_secure),
+        token=settings.milvus_token,
+        timeout=settings.milvus_timeout_s,
+        server_pem_path=settings.milvus_server_pem_path,
+        server_name=settings.milvus_server_name,
+        ca_pem_path=settings.milvus_ca_pem_path,
+        client_pem_path=settings.milvus_client_pem_path,
+        client_key_path=settings.milvus_client_key_path,
+    )
+    client.close()
+
+
 def _preload_model(settings: Any) -> None:
     """Load the configured model before uvicorn starts, so that weights that are neither local
     nor reachable, a broken checkpoint, or a bad device or precision is a one-line error
@@ -107,6 +128,13 @@ def serve(
         help="Directory of the collections (default ./data).",
         show_default=False,
     ),
+    store: str = typer.Option(
+        None,
+        "--store",
+        help="Where collections live: 'embedded' (default; in --data-dir) or "
+        "milvus://HOST:PORT[/db] (token/TLS: GAPFIX_MILVUS_* variables).",
+        show_default=False,
+    ),
     host: str = typer.Option("127.0.0.1", "--host", envvar="GAPFIX_HOST", help="Bind address."),
     port: int = typer.Option(
         8000, "--port", envvar="GAPFIX_PORT", min=1, max=65535, help="TCP port."
@@ -123,6 +151,7 @@ def serve(
         "GAPFIX_MODEL": model,
         "GAPFIX_PRETRAINED": pretrained,
         "GAPFIX_DATA_DIR": None if data_dir is None else str(data_dir),
+        "GAPFIX_STORE": store,
         "GAPFIX_HOST": host,
         "GAPFIX_PORT": str(port),
     }
@@ -130,7 +159,7 @@ def serve(
         if value is not None:
             os.environ[key] = value
     settings = _settings()
-    _check_data_dir(settings.data_dir)  # one-line errors (exit 2), not a start-up traceback
+    _check_store(settings)  # one-line errors (exit 2), not a start-up traceback
     _preload_model(settings)
     logging.basicConfig(  # force: open_clip's root-level logging during the load set a default
         level=getattr(logging, level.upper()),

@@ -2,7 +2,9 @@
 
 The shards' raw embeddings go into the collection (the store keeps raw vectors and corrects
 them with the collection's active transform, so ``--transform`` activates a transform instead
-of baking it in). Rows of one id with both an image and a text embedding become one
+of baking it in). The store is the embedded one in ``data_dir`` or (``store="milvus://HOST:PORT[/db]"``) a
+Milvus database that ``gapfix serve --store`` serves. Rows of one id with both an image and a
+text embedding become one
 ``document`` item (``pairs="document"``, fused with ``weight``) or two items
 ``<id>#image`` / ``<id>#text`` (``pairs="split"``). Everything is validated before the
 collection is created; a build that fails half-way removes the collection it created.
@@ -10,6 +12,7 @@ collection is created; a build that fails half-way removes the collection it cre
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -126,11 +129,30 @@ def _check_all(manifest: str | Path, pairs: str, weight: float, dim: int) -> tup
     return n_items, n_rows
 
 
+def open_store(
+    store: str, data_dir: str | Path | None, token: str = "", secure: bool = False
+) -> tuple[Any, str]:
+    """The store a build writes to and a description of where it is: the embedded store in
+    ``data_dir`` (``store="embedded"``) or a Milvus one (``milvus://HOST:PORT[/db]``)."""
+    if store == "embedded":
+        if data_dir is None:
+            raise InputError("the embedded store needs --data-dir", param="--data-dir")
+        from gapfix.store import Store
+
+        return Store(data_dir, flush_interval=None), str(data_dir)
+    from gapfix.store.milvus import MilvusStore, parse_store_uri
+
+    return MilvusStore(parse_store_uri(store, secure), token=token), store
+
+
 def build_index(
     manifest: str | Path,
-    data_dir: str | Path,
+    data_dir: str | Path | None,
     collection: str,
     *,
+    store: str = "embedded",
+    milvus_token: str = "",
+    milvus_secure: bool = False,
     index: str = "flat",
     transform: str | Path | None = None,
     pairs: str = "document",
@@ -139,15 +161,23 @@ def build_index(
     progress_mode: str = "auto",
     log: Callable[[str], None] = _stderr,
 ) -> dict[str, Any]:
-    """Add every row of ``manifest``'s shards to ``collection`` in the store at ``data_dir``.
+    """Add every row of ``manifest``'s shards to ``collection`` in the store at ``data_dir``
+    (``store="embedded"``) or in Milvus (``store="milvus://HOST:PORT[/db]"``, with
+    ``milvus_token`` / ``milvus_secure`` as ``gapfix serve`` takes them).
 
     Creates the collection (``index`` kind) unless ``upsert`` and it exists. ``transform``: an
     artifact to activate on the collection. Returns a summary.
     """
     from gapfix import load_transform
-    from gapfix.store import INDEX_KINDS, Store, check_collection_name
+    from gapfix.store import INDEX_KINDS, check_collection_name
 
     check_collection_name(collection)
+    if store == "embedded" and data_dir is None:  # store checks first: before any shard is read
+        raise InputError("the embedded store needs --data-dir", param="--data-dir")
+    if store != "embedded":
+        from gapfix.store.milvus import parse_store_uri
+
+        parse_store_uri(store)
     if index not in INDEX_KINDS:  # before the store folder is created
         raise InputError(
             f"unknown index kind {index!r}; expected one of {list(INDEX_KINDS)}", param="index"
@@ -185,18 +215,19 @@ def build_index(
         raise InputError(f"{manifest}: the shards hold no rows", param="manifest")
     log(f"index build: {n_rows} rows -> {n_items} items checked in {time.monotonic() - t0:.1f}s")
     added = replaced = 0
-    with Store(data_dir, flush_interval=None) as store:
+    st, where = open_store(store, data_dir, milvus_token, milvus_secure)
+    with contextlib.closing(st):
         created = False
-        if collection in store.names():
+        if collection in st.names():
             if not upsert:
                 raise InputError(
-                    f"collection {collection!r} already exists in {data_dir}; pass --upsert to "
+                    f"collection {collection!r} already exists in {where}; pass --upsert to "
                     "add to it (existing ids are replaced)",
                     param="collection",
                 )
-            coll = store.get(collection)
+            coll = st.get(collection)
         else:
-            coll = store.create_collection(collection, index=index, dim=dim)
+            coll = st.create_collection(collection, index=index, dim=dim)
             created = True
         progress = Progress("index build", n_items, mode=progress_mode)
         try:
@@ -218,14 +249,15 @@ def build_index(
         except BaseException:
             progress.close()
             if created:
-                store.delete_collection(collection)
+                st.delete_collection(collection)
             raise
         progress.close()
         info = coll.info()
     seconds = time.monotonic() - t0
     summary = {
         "collection": collection,
-        "data_dir": str(data_dir),
+        "data_dir": None if data_dir is None else str(data_dir),
+        "store": store,
         "index": info.get("index", index),
         "items": n_items,
         "rows": n_rows,
@@ -235,9 +267,9 @@ def build_index(
         "seconds": round(seconds, 3),
         "info": info,
     }
+    serve = f"--data-dir {data_dir}" if store == "embedded" else f"--store {store}"
     log(
         f"index build: {added} items added, {replaced} replaced in collection {collection!r} "
-        f"({info.get('index', index)}) in {seconds:.1f}s; serve it with "
-        f"`gapfix serve --data-dir {data_dir}`"
+        f"({info.get('index', index)}) in {seconds:.1f}s; serve it with `gapfix serve {serve}`"
     )
     return summary

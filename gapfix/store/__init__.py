@@ -23,7 +23,9 @@ argument checks), ``items`` (item model, validation), ``rebuild`` (background tr
 on concurrent.futures), ``sums`` (running centroid sums), ``gauges`` (Prometheus series).
 Embedded: ``embedded`` (the collection), ``db`` (SQLite), ``index`` (a FAISS index of one
 space), ``index_kinds`` (kinds, params, GPU), ``index_filters`` (filtered and tombstoned
-search), ``index_files``, ``store`` (collections in a data dir).
+search), ``index_files``, ``store`` (collections in a data dir). Milvus: ``milvus``
+(``MilvusStore`` / ``MilvusCollection``, the same protocols over a Milvus database; needs
+pymilvus, imported on use).
 """
 
 from gapfix.store.backend import Collection, CollectionStore, RawVectors, Searched

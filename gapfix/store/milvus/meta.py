@@ -1,0 +1,133 @@
+"""``gapfix_meta``: one row per collection (settings, active/pending transform, centroid sums)
+and one per transform artifact, so that gapfix replicas keep no state of their own.
+
+Rows: ``coll:<name>`` -- ``doc`` (JSON: index, dim, active fingerprint and slot, pending
+switch, last error) and ``blob`` (the centroid sums, ``.npz``); ``art:<name>:<fp>`` -- the
+transform artifact (safetensors bytes) in ``blob``. A row is written with one upsert, so the
+active transform, its slot and its sums change together or not at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+
+from gapfix.store.milvus.conn import (
+    CHUNK_CHARS,
+    META_COLLECTION,
+    build_schema,
+    check_schema,
+    meta_fields,
+)
+from gapfix.store.sums import COMPONENTS, add_sums, zero_sums
+from gapfix.store.sums import Sums as SpaceSums
+
+__all__ = ["COMPONENTS", "Meta", "Sums", "add_sums", "zero_sums"]
+
+Sums = dict[str, SpaceSums]  # space ("raw" or a slot) -> modality -> (n, sum)
+
+
+def to_chunks(data: bytes) -> list[str]:
+    """Bytes as base64 chunks that fit a VARCHAR array element."""
+    text = base64.b64encode(data).decode()
+    return [text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS)] or [""]
+
+
+def from_chunks(chunks: list[str] | None) -> bytes | None:
+    return None if chunks is None else base64.b64decode("".join(chunks))
+
+
+def pack_sums(sums: Sums) -> bytes:
+    arrays = {}
+    for space, per in sums.items():
+        for m, (n, s) in per.items():
+            arrays[f"{space}.{m}.n"] = np.asarray(n, np.int64)
+            arrays[f"{space}.{m}.sum"] = np.asarray(s, np.float64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack_sums(data: bytes | None) -> Sums:
+    if not data:
+        return {}
+    out: Sums = {}
+    with np.load(io.BytesIO(data)) as z:
+        for key in z.files:
+            space, m, what = key.split(".")
+            if what == "n":
+                out.setdefault(space, {})[m] = (int(z[key]), z[f"{space}.{m}.sum"].copy())
+    return out
+
+
+class Meta:
+    """Reads and writes ``gapfix_meta`` through one ``MilvusClient``."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        if client.has_collection(META_COLLECTION):
+            check_schema(
+                META_COLLECTION, client.describe_collection(META_COLLECTION), meta_fields()
+            )
+        else:
+            index = client.prepare_index_params()
+            index.add_index("v", index_type="FLAT", metric_type="L2")
+            client.create_collection(
+                META_COLLECTION,
+                schema=build_schema(client, meta_fields()),
+                index_params=index,
+                consistency_level="Strong",
+            )
+        client.load_collection(META_COLLECTION)
+
+    def _put(self, key: str, doc: dict[str, Any], blob: bytes | None) -> None:
+        row = {"key": key, "doc": doc, "blob": None if blob is None else to_chunks(blob)}
+        self.client.upsert(META_COLLECTION, [{**row, "v": [0.0, 0.0]}])
+
+    def _get(self, key: str, blob: bool) -> tuple[dict[str, Any], bytes | None] | None:
+        fields = ["doc", "blob"] if blob else ["doc"]
+        rows = self.client.get(META_COLLECTION, ids=[key], output_fields=fields)
+        if not rows:
+            return None
+        return rows[0]["doc"], from_chunks(rows[0].get("blob")) if blob else None
+
+    # -- collections
+    def collection_names(self) -> list[str]:
+        rows = self.client.query(META_COLLECTION, filter='key like "coll:%"', output_fields=["key"])
+        return sorted(r["key"][5:] for r in rows)
+
+    def get_collection(self, name: str, sums: bool = False) -> tuple[dict, Sums] | None:
+        got = self._get(f"coll:{name}", blob=sums)
+        return None if got is None else (got[0], unpack_sums(got[1]))
+
+    def put_collection(self, name: str, doc: dict[str, Any], sums: Sums) -> None:
+        """Write the collection's document and sums in one upsert (atomic)."""
+        self._put(f"coll:{name}", doc, pack_sums(sums))
+
+    def delete_collection(self, name: str) -> None:
+        self.prune_artifacts(name, set())
+        self.client.delete(META_COLLECTION, ids=[f"coll:{name}"])
+
+    # -- transform artifacts
+    def put_artifact(self, name: str, fp: str, data: bytes) -> None:
+        self._put(f"art:{name}:{fp}", {"fingerprint": fp}, data)
+
+    def get_artifact(self, name: str, fp: str) -> bytes | None:
+        got = self._get(f"art:{name}:{fp}", blob=True)
+        return None if got is None else got[1]
+
+    def prune_artifacts(self, name: str, keep: set[str]) -> None:
+        rows = self.client.query(
+            META_COLLECTION, filter=f'key like "art:{name}:%"', output_fields=["key"]
+        )
+        prefix = f"art:{name}:"  # exact prefix: '_' in a name may be a LIKE wildcard
+        drop = [
+            r["key"]
+            for r in rows
+            if r["key"].startswith(prefix) and r["key"][len(prefix) :] not in keep
+        ]
+        if drop:
+            self.client.delete(META_COLLECTION, ids=drop)
