@@ -354,13 +354,16 @@ class AsyncBatcher(Generic[K, T, R]):
 
     def _shed(self, batch: list[_Request], now: float) -> list[_Request]:
         """Drop cancelled requests; refuse those whose wait plus the estimated call would end
-        past the budget."""
+        past the budget. A request that waited less than the call itself takes is served: the
+        call's own time is not queueing (a backend slower than the budget, e.g. a remote
+        vector database under load, still answers requests that find no queue)."""
         call = self.cost.estimate(sum(r.rows for r in batch), self.max_batch) or 0.0
         keep = []
         for r in batch:
             if r.future.done():
                 continue
-            if self.budget is not None and now - r.enqueued + call > self.budget:
+            waited = now - r.enqueued
+            if self.budget is not None and waited > call and waited + call > self.budget:
                 r.future.set_exception(
                     OverloadedError(
                         f"server overloaded: queued {now - r.enqueued:.1f} s, over the "

@@ -144,6 +144,20 @@ def test_the_time_budget_refuses_early_and_sheds_late_requests() -> None:
     assert batcher.stats["t5"]["rejected"] >= 5  # refused at admission, not after waiting
 
 
+def test_a_core_slower_than_the_budget_still_serves_requests_that_find_no_queue() -> None:
+    """The budget bounds queueing, not a call's own time: with a backend slower than the
+    budget (a remote vector database under load), sequential requests are all answered."""
+    core = Core(delay=0.15)
+    batcher = AsyncBatcher(core, stage=lambda k: "t8", max_batch=4, max_queue=100,
+                           budget_ms=100)  # fmt: skip
+
+    async def main() -> list:
+        return [await batcher.submit("lane", i, 1) for i in range(4)]
+
+    assert asyncio.run(main()) == [("lane", i) for i in range(4)]
+    assert batcher.stats["t8"]["rejected"] == 0
+
+
 def test_an_error_reaches_only_its_request() -> None:
     core = Core()
     batcher = AsyncBatcher(core, stage=lambda k: "t6", max_batch=10, max_queue=10)
