@@ -79,6 +79,39 @@ class Kernel:
 ROLES = (None, "query", "corpus")
 
 
+@dataclass
+class SharedFit:
+    """Moments (and the unit rows they came from) that several transforms fit from."""
+
+    image: Moments
+    text: Moments
+    image_rows: np.ndarray
+    text_rows: np.ndarray
+    cross: CrossMoments | None = None
+
+    @classmethod
+    def of(cls, image: np.ndarray, text: np.ndarray, outer: bool, cross: bool) -> SharedFit:
+        """Accumulate the moments of unit rows ``image`` and ``text`` once."""
+        mi, mt = Moments(image.shape[1], outer=outer), Moments(text.shape[1], outer=outer)
+        mi.update(image)
+        mt.update(text)
+        cm = None
+        if cross:
+            cm = CrossMoments(image.shape[1])
+            cm.update(image, text)
+        return cls(mi, mt, image, text, cm)
+
+
+class _Rows:
+    """A fixed set of calibration rows in the place of a reservoir."""
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+
+    def sample(self) -> np.ndarray:
+        return self.rows[:SAMPLE_ROWS]
+
+
 def _is_torch(z: Any) -> bool:
     return type(z).__module__.startswith("torch")
 
@@ -151,6 +184,25 @@ class GapTransform:
             check_paired(image, text, f"method {self.method!r}")
         self._reset(image.shape[1])
         self._accumulate(image, text)
+        self._finish()
+        return self
+
+    def fit_shared(self, shared: SharedFit) -> GapTransform:
+        """Fit from moments accumulated once and shared with other transforms (read only).
+
+        ``auto`` computes each fold's moments (covariances, cross products, rows) once and
+        fits every candidate from them, instead of one pass over the rows per candidate.
+        """
+        self.validate_params()
+        if self.requires_pairs and shared.cross is None:
+            raise InputError(f"method {self.method!r} needs paired rows", param="text")
+        self._dim = shared.image.dim
+        self._moments = {"image": shared.image, "text": shared.text}
+        self._cross = shared.cross
+        self._samples = {"image": _Rows(shared.image_rows), "text": _Rows(shared.text_rows)}
+        self._kernels = {}
+        self._torch_cache = {}
+        self._lock = threading.Lock()
         self._finish()
         return self
 
