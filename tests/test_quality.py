@@ -114,6 +114,7 @@ def _acceptance(x: np.ndarray, y: np.ndarray, splits: int = 20) -> dict[str, np.
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 40 auto fits: ~2 min on an idle 2-core machine
 def test_auto_over_20_random_splits_of_coco(coco) -> None:
     a = _acceptance(*_data(coco))
     t2i, i2t = a["t2i_R@1"] - a["raw_t2i_R@1"], a["i2t_R@1"] - a["raw_i2t_R@1"]
@@ -125,6 +126,7 @@ def test_auto_over_20_random_splits_of_coco(coco) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_auto_over_20_random_splits_of_convirt(convirt) -> None:
     a = _acceptance(*_data(convirt))
     assert np.mean(a["t2i_R@1"] - a["raw_t2i_R@1"]) >= -0.01

@@ -51,7 +51,7 @@ class AutoTransform(GapTransform):
         repeats: int = 3,
         methods: str | list[str] | None = None,
         tolerance: float = 0.01,
-        z: float = 1.0,
+        z: float = 1.645,
         seed: int = 0,
         renormalize: bool = True,
     ) -> None:

@@ -25,8 +25,8 @@ from gapfix.evaluation import mixed_modality_ranks, target_ranks, zeroshot_accur
 from gapfix.transforms.base import GapTransform, SharedFit
 from gapfix.transforms.moments import Moments
 
-MAX_QUERIES = 1000  # held-out queries scored per fold (a random subset beyond this)
-MAX_CORPUS = 5000  # corpus rows per fold: held-out targets plus distractors
+MAX_QUERIES = 500  # held-out queries scored per fold (a random subset beyond this)
+MAX_CORPUS = 4000  # corpus rows per fold: held-out targets plus distractors
 Scorer = Callable[..., dict[str, float]]  # (transform, image, text, labels, fold) -> metrics
 
 
