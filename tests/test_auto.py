@@ -221,3 +221,40 @@ def test_moments_eigh_is_recomputed_after_an_update() -> None:
     assert m.cov_eigh() is first
     m.update(rng.standard_normal((10, 4)).astype(np.float32))
     assert m.cov_eigh() is not first
+
+
+def test_whiten_artifacts_from_before_shrinkage_estimates_still_load(tmp_path) -> None:
+    """Format 1.0 artifacts have no ``shrinkage_`` array; they load and map as before."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    from gapfix.transforms.artifact import read_metadata
+
+    x, y = make_gapped(60, d=8, seed=9)
+    t = make_transform("whiten", shrinkage=0.1).fit(x, y)
+    t.save(tmp_path / "new.gapfix")
+    arrays = load_file(tmp_path / "new.gapfix")
+    del arrays["shrinkage_"]
+    meta = read_metadata(tmp_path / "new.gapfix") | {"format_version": "1.0"}
+    save_file(arrays, tmp_path / "old.gapfix", metadata={"gapfix": json.dumps(meta)})
+    old = load_transform(tmp_path / "old.gapfix")
+    assert old.shrinkage == 0.1 and old.shrinkage_ is None
+    np.testing.assert_array_equal(old.transform(x, "image"), t.transform(x, "image"))
+
+
+def test_fit_auto_prints_its_table_rule_and_out_of_fold_figures(tmp_path) -> None:
+    x, y = make_gapped(120, d=16, seed=10)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    r = CliRunner().invoke(
+        app,
+        ["fit", "--image", str(tmp_path / "x.npy"), "--text", str(tmp_path / "y.npy"),
+         "--method", "auto", "--param", "folds=2", "--param", "repeats=2",
+         "--out", str(tmp_path / "a.gapfix")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "mean ± standard error" in r.stdout and "decided by:" in r.stdout
+    assert "out-of-fold, fitted" in r.stdout and "auto's 2-fold cross-validation x 2" in r.stdout
+    saved = load_transform(tmp_path / "a.gapfix")
+    assert saved.fit_stats_["rule"] and "out_of_fold" in saved.fit_stats_
