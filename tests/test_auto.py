@@ -11,8 +11,7 @@ from gapfix import load_transform, make_transform
 from gapfix.cli import app
 from gapfix.errors import InputError
 from gapfix.transforms import crossval, selection
-from gapfix.transforms.base import SharedFit
-from gapfix.transforms.moments import Moments
+from gapfix.transforms.moments import Moments, SharedFit
 from tests.conftest import COCO, make_gapped
 
 FAST = {"folds": 2, "repeats": 2}

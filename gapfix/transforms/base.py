@@ -18,7 +18,14 @@ import numpy as np
 from gapfix.blocks import iter_blocks, normalized
 from gapfix.errors import InputError, NotFittedError
 from gapfix.kernels import rows_affine
-from gapfix.transforms.moments import FIT_BLOCK_ROWS, CrossMoments, Moments, Reservoir
+from gapfix.transforms.moments import (
+    FIT_BLOCK_ROWS,
+    CrossMoments,
+    FixedRows,
+    Moments,
+    Reservoir,
+    SharedFit,
+)
 from gapfix.validation import check_embeddings, check_modality, check_paired, check_same_dim
 
 APPLY_BLOCK_ROWS = 65_536
@@ -77,39 +84,6 @@ class Kernel:
 
 
 ROLES = (None, "query", "corpus")
-
-
-@dataclass
-class SharedFit:
-    """Moments (and the unit rows they came from) that several transforms fit from."""
-
-    image: Moments
-    text: Moments
-    image_rows: np.ndarray
-    text_rows: np.ndarray
-    cross: CrossMoments | None = None
-
-    @classmethod
-    def of(cls, image: np.ndarray, text: np.ndarray, outer: bool, cross: bool) -> SharedFit:
-        """Accumulate the moments of unit rows ``image`` and ``text`` once."""
-        mi, mt = Moments(image.shape[1], outer=outer), Moments(text.shape[1], outer=outer)
-        mi.update(image)
-        mt.update(text)
-        cm = None
-        if cross:
-            cm = CrossMoments(image.shape[1])
-            cm.update(image, text)
-        return cls(mi, mt, image, text, cm)
-
-
-class _Rows:
-    """A fixed set of calibration rows in the place of a reservoir."""
-
-    def __init__(self, rows: np.ndarray) -> None:
-        self.rows = rows
-
-    def sample(self) -> np.ndarray:
-        return self.rows[:SAMPLE_ROWS]
 
 
 def _is_torch(z: Any) -> bool:
@@ -199,7 +173,10 @@ class GapTransform:
         self._dim = shared.image.dim
         self._moments = {"image": shared.image, "text": shared.text}
         self._cross = shared.cross
-        self._samples = {"image": _Rows(shared.image_rows), "text": _Rows(shared.text_rows)}
+        self._samples = {
+            m: FixedRows(rows, SAMPLE_ROWS)
+            for m, rows in (("image", shared.image_rows), ("text", shared.text_rows))
+        }
         self._kernels = {}
         self._torch_cache = {}
         self._lock = threading.Lock()

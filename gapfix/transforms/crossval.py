@@ -22,8 +22,8 @@ import numpy as np
 
 from gapfix.blocks import normalized
 from gapfix.evaluation import mixed_modality_ranks, target_ranks, zeroshot_accuracy
-from gapfix.transforms.base import GapTransform, SharedFit
-from gapfix.transforms.moments import Moments
+from gapfix.transforms.base import GapTransform
+from gapfix.transforms.moments import Moments, SharedFit
 
 MAX_QUERIES = 500  # held-out queries scored per fold (a random subset beyond this)
 MAX_CORPUS = 4000  # corpus rows per fold: held-out targets plus distractors

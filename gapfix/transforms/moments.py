@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 FIT_BLOCK_ROWS = 16_384
@@ -112,3 +114,36 @@ class Reservoir:
 
     def sample(self) -> np.ndarray:
         return self.rows[: min(self.seen, self.capacity)]
+
+
+@dataclass
+class SharedFit:
+    """Moments (and the unit rows they came from) that several transforms fit from."""
+
+    image: Moments
+    text: Moments
+    image_rows: np.ndarray
+    text_rows: np.ndarray
+    cross: CrossMoments | None = None
+
+    @classmethod
+    def of(cls, image: np.ndarray, text: np.ndarray, outer: bool, cross: bool) -> SharedFit:
+        """Accumulate the moments of unit rows ``image`` and ``text`` once."""
+        mi, mt = Moments(image.shape[1], outer=outer), Moments(text.shape[1], outer=outer)
+        mi.update(image)
+        mt.update(text)
+        cm = None
+        if cross:
+            cm = CrossMoments(image.shape[1])
+            cm.update(image, text)
+        return cls(mi, mt, image, text, cm)
+
+
+class FixedRows:
+    """A fixed set of calibration rows in the place of a reservoir (at most ``limit``)."""
+
+    def __init__(self, rows: np.ndarray, limit: int) -> None:
+        self.rows = rows[:limit]
+
+    def sample(self) -> np.ndarray:
+        return self.rows
