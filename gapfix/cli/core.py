@@ -222,6 +222,7 @@ def fit(
 
 def _report_out_of_fold(transform: Any, method: str, x: np.ndarray, y: np.ndarray) -> list[str]:
     """Print in-sample beside out-of-fold figures; return warnings for degenerate fits."""
+    x, y = fit_report.sample_pairs(x, y)
     in_sample = fit_report.paired_figures(x, y, transform)
     if method == "auto":
         st = transform.fit_stats_

@@ -10,6 +10,7 @@ from rich.table import Table
 
 REPORT_METRICS = ("gap", "t2i_R@1", "i2t_R@1", "mixed_R@10")
 NAMED_FOLDS = 3  # out-of-fold figures of a named method: one 3-fold split
+REPORT_ROWS = 5000  # the figures use at most this many calibration pairs (a random sample)
 
 
 def print_fit_table(console: Console, rows: list[dict[str, Any]], rule: str) -> None:
@@ -27,6 +28,14 @@ def print_fit_table(console: Console, rows: list[dict[str, Any]], rule: str) -> 
         )  # fmt: skip
     console.print(table)
     console.print(f"decided by: {rule}")
+
+
+def sample_pairs(image: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``REPORT_ROWS`` random pairs: search over all n pairs costs n^2."""
+    if image.shape[0] <= REPORT_ROWS:
+        return image, text
+    idx = np.sort(np.random.default_rng(0).choice(image.shape[0], REPORT_ROWS, replace=False))
+    return image[idx], text[idx]
 
 
 def paired_figures(image: np.ndarray, text: np.ndarray, transform: Any) -> dict[str, dict]:
@@ -75,7 +84,8 @@ def print_figures(
     console.print(
         "in-sample: fitted and scored on the same calibration pairs. out-of-fold: "
         f"{how}; each held-out pair searched among all calibration items (the rest as "
-        "distractors), so these are the figures to expect on pairs the fit never saw."
+        "distractors), so these are the figures to expect on pairs the fit never saw. "
+        f"(At most {REPORT_ROWS} calibration pairs, a random sample, are scored.)"
     )
 
 
