@@ -61,7 +61,7 @@ def test_folds_score_against_a_full_size_corpus() -> None:
     # a corpus of 90 is harder than one of 30: the same transform scores at most as well
     t = make_transform("identity").fit_shared(folds[0].shared)
     full = crossval.paired_scores(t, x, y, folds[0])
-    alone = crossval.Fold(folds[0].train, folds[0].val, folds[0].shared, folds[0].val[:0])
+    alone = crossval.Fold(folds[0].train, folds[0].val, folds[0].shared, folds[0].val[:0], 90)
     small = crossval.paired_scores(t, x, y, alone)
     assert full["t2i_R@1"] <= small["t2i_R@1"] and full["i2t_R@1"] <= small["i2t_R@1"]
 

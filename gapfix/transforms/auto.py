@@ -20,7 +20,6 @@ from gapfix.transforms.base import GapTransform
 from gapfix.validation import check_embeddings, check_labels, check_paired, check_same_dim
 
 OBJECTIVES = tuple(selection.OBJECTIVE_REGISTRY)
-FIT_BLAS_THREADS = 1  # eigh and small products: one BLAS thread measured fastest (issue 13)
 SEARCH_ITERATIONS = 8  # evaluations of the continuous shrinkage search
 
 
@@ -128,8 +127,6 @@ class AutoTransform(GapTransform):
         self._wanted_methods()
 
     def fit(self, image: Any, text: Any, labels: Any = None) -> AutoTransform:
-        from threadpoolctl import threadpool_limits
-
         self.validate_params()
         image = check_embeddings(image, "image", min_rows=2)
         text = check_embeddings(text, "text", min_rows=2)
@@ -153,17 +150,17 @@ class AutoTransform(GapTransform):
         k = min(int(self.folds), n // 2)
         if k < 2:
             raise InputError(f"auto needs at least 4 calibration rows, got {n}", param="image")
-        with threadpool_limits(limits=FIT_BLAS_THREADS, user_api="blas"):
-            rows = self._cross_validate(image, text, lab, objective, k, n, dim)
-            best, rule = selection.decide(rows, objective, self.tolerance, float(self.z), n, dim)
-            self.fit_table_ = rows
-            self.chosen_ = {"method": rows[best]["method"], "params": rows[best]["params"]}
-            from gapfix.transforms import make_transform
+        # BLAS: each eigh runs on one thread (Moments.cov_eigh, threadpoolctl)
+        rows = self._cross_validate(image, text, lab, objective, k, n, dim)
+        best, rule = selection.decide(rows, objective, self.tolerance, float(self.z), n, dim)
+        self.fit_table_ = rows
+        self.chosen_ = {"method": rows[best]["method"], "params": rows[best]["params"]}
+        from gapfix.transforms import make_transform
 
-            self.best_ = make_transform(
-                self.chosen_["method"], renormalize=self.renormalize, **self.chosen_["params"]
-            )
-            self.best_.fit(image, text)
+        self.best_ = make_transform(
+            self.chosen_["method"], renormalize=self.renormalize, **self.chosen_["params"]
+        )
+        self.best_.fit(image, text)
         self.dim_ = self.best_.dim_
         base = next(r for r in rows if r["method"] == "identity")
         metrics = [m for m in rows[best] if f"{m}_se" in rows[best] and not m.endswith("_diff")]
