@@ -64,8 +64,8 @@ def test_auto_on_coco_keeps_both_r1_and_lifts_mixed(coco) -> None:
 def test_auto_on_convirt_does_no_harm(convirt) -> None:
     r = cross_fit(*_data(convirt), "auto")
     assert_figures(r, CONVIRT_RAW, raw=True)
-    assert r["t2i_R@1"] >= r["raw_t2i_R@1"] - 0.01 and r["i2t_R@1"] >= r["raw_i2t_R@1"] - 0.01
-    assert r["gap"] < 0.2 and r["mixed_R@10"] > 0.1
+    # measured: both R@1 rise a little (0.046 -> 0.056, 0.016 -> 0.058), the gap closes
+    assert_figures(r, {"gap": 0.117, "t2i_R@1": 0.056, "i2t_R@1": 0.058, "mixed_R@10": 0.122})
 
 
 def test_target_gap_reaches_the_gap_it_is_asked_for(coco) -> None:
