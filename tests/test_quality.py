@@ -133,7 +133,8 @@ def test_auto_over_20_random_splits_of_coco(coco) -> None:
 @pytest.mark.timeout(1800)
 def test_auto_over_20_random_splits_of_convirt(convirt) -> None:
     a = _acceptance(*_data(convirt))
-    assert np.mean(a["t2i_R@1"] - a["raw_t2i_R@1"]) >= -0.01
-    assert np.mean(a["i2t_R@1"] - a["raw_i2t_R@1"]) >= -0.01
-    for key in KEYS:
-        assert abs(np.mean(a[f"oof_{key}"] - a[key])) <= 0.03, key
+    # measured: text->image +0.003 ± 0.007, image->text +0.033 ± 0.015 against raw
+    assert np.mean(a["t2i_R@1"] - a["raw_t2i_R@1"]) == pytest.approx(0.003, abs=0.005)
+    assert np.mean(a["i2t_R@1"] - a["raw_i2t_R@1"]) == pytest.approx(0.033, abs=0.005)
+    for key in KEYS:  # measured biases all within 0.007
+        assert abs(np.mean(a[f"oof_{key}"] - a[key])) <= 0.015, key
