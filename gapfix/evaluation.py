@@ -43,9 +43,14 @@ def cross_modal_recall(
     }
 
 
-def mixed_modality_ranks(image: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """Rank of image i for caption i in a corpus of all images plus all other captions."""
-    n = image.shape[0]
+def mixed_modality_ranks(
+    image: np.ndarray, text: np.ndarray, n_queries: int | None = None
+) -> np.ndarray:
+    """Rank of image i for caption i in a corpus of all images plus all other captions.
+
+    ``n_queries``: only the first rows query (the rest are distractors in the corpus).
+    """
+    n = image.shape[0] if n_queries is None else n_queries
     ranks = np.empty(n, dtype=np.int64)
     for sl in iter_blocks(n, QUERY_BLOCK):
         q = text[sl]

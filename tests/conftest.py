@@ -10,12 +10,21 @@ from milvus_server import milvus_uri  # noqa: F401  (session fixture: a Milvus L
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COCO = FIXTURES / "coco_val2017_clip_vitb16_dev250.npz"
+CONVIRT = FIXTURES / "convirt_dev500.npz"
 
 
 @pytest.fixture(scope="session")
 def coco() -> dict[str, np.ndarray]:
     """250 real COCO image/caption pairs from CLIP ViT-B/16 plus the random-init control."""
     with np.load(COCO) as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="session")
+def convirt() -> dict[str, np.ndarray]:
+    """500 real medical image/report pairs from ConVIRT (cross-modal R@1 near chance) plus its
+    random-init control; provenance in ../shared/data/README.md (MIT, Weixin-Liang/Modality-Gap)."""
+    with np.load(CONVIRT) as data:
         return {k: data[k] for k in data.files}
 
 

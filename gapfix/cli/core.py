@@ -14,6 +14,7 @@ from rich.table import Table
 
 from gapfix.atomic import atomic_path
 from gapfix.blocks import iter_blocks
+from gapfix.cli import fit_report
 from gapfix.cli._app import app, guarded
 from gapfix.errors import InputError
 from gapfix.io import load_array
@@ -211,7 +212,7 @@ def fit(
     transform.save(out, model_id=model_id)
     st = transform.fit_stats_
     if method == "auto":
-        _print_fit_table(transform.fit_table_)
+        fit_report.print_fit_table(console, transform.fit_table_, st["rule"])
     if "adapter" in st:
         a = st["adapter"]
         console.print(
@@ -220,22 +221,31 @@ def fit(
         )
     console.print(
         f"[bold]{transform.method}[/bold] -> {out}: gap {st['gap_before']:.4f} -> "
-        f"{st['gap_after']:.4f} (image rows {st['n_image']}, text rows {st['n_text']}, dim {st['dim']})"
+        f"{st['gap_after']:.4f} in-sample (image rows {st['n_image']}, text rows "
+        f"{st['n_text']}, dim {st['dim']})"
     )
+    warnings = list(st.get("warnings", []))
+    if manifest is None and labels is None and query_text is None and x.shape[0] == y.shape[0]:
+        warnings += _report_out_of_fold(transform, method, x, y)
+    for line in warnings:
+        console.print(f"[yellow]warning:[/yellow] {line}")
 
 
-def _print_fit_table(rows: list[dict[str, Any]]) -> None:
-    metrics = [k for k in rows[0] if k not in ("method", "params", "admissible", "chosen")]
-    table = Table(title="auto: cross-validated candidates")
-    for col in ["method", "params", *metrics, "admissible", "chosen"]:
-        table.add_column(col)
-    for r in rows:
-        params = ",".join(f"{k}={v}" for k, v in r["params"].items())
-        table.add_row(
-            r["method"], params, *[f"{r[m]:.3f}" for m in metrics],
-            "yes" if r.get("admissible") else "no", "<<" if r.get("chosen") else "",
-        )  # fmt: skip
-    console.print(table)
+def _report_out_of_fold(transform: Any, method: str, x: np.ndarray, y: np.ndarray) -> list[str]:
+    """Print in-sample beside out-of-fold figures; return warnings for degenerate fits."""
+    x, y = fit_report.sample_pairs(x, y)
+    in_sample = fit_report.paired_figures(x, y, transform)
+    if method == "auto":
+        st = transform.fit_stats_
+        raw, fitted = st["out_of_fold_identity"], st["out_of_fold"]
+        how = f"auto's {st['folds']}-fold cross-validation x {st['repeats']} (the chosen row)"
+        fit_report.print_figures(console, in_sample, raw, fitted, how)
+        return []  # auto's degenerate candidates are in fit_stats_["warnings"]
+    params = {k: v for k, v in transform.get_params().items() if k != "renormalize"}
+    raw, fitted, k = fit_report.out_of_fold(method, params, x, y, transform.renormalize)
+    fit_report.print_figures(console, in_sample, raw, fitted, f"one {k}-fold split")
+    lines = fit_report.below_raw(raw, fitted, 0.01)
+    return [f"{method} scores below raw: " + "; ".join(lines)] if lines else []
 
 
 @app.command()

@@ -16,7 +16,7 @@ import numpy as np
 from gapfix.atomic import atomic_write_bytes
 from gapfix.errors import ArtifactError
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 META_KEY = "gapfix"
 
 
@@ -163,6 +163,8 @@ def _check_arrays(arrays: dict[str, np.ndarray], dim: int, path: Any) -> None:
     for name, a in arrays.items():
         if name == "lam_":
             ok = a.shape == (1,)
+        elif name == "shrinkage_":
+            ok = a.shape == (2,) and bool(np.all((a >= 0) & (a <= 1)))
         elif name == "dims_":
             ok = (
                 a.ndim == 1
@@ -187,5 +189,5 @@ def _check_arrays(arrays: dict[str, np.ndarray], dim: int, path: Any) -> None:
 def transform_arrays(transform: Any) -> list[str]:
     """Names of the arrays a fitted transform of this kind must have (optional ones excluded)."""
     target = getattr(transform, "best_", transform)
-    optional = {"mean_query_text_"}
+    optional = {"mean_query_text_", "shrinkage_"}  # shrinkage_: absent before format 1.1
     return [a for a in target.fitted_arrays if a not in optional]

@@ -18,7 +18,14 @@ import numpy as np
 from gapfix.blocks import iter_blocks, normalized
 from gapfix.errors import InputError, NotFittedError
 from gapfix.kernels import rows_affine
-from gapfix.transforms.moments import FIT_BLOCK_ROWS, CrossMoments, Moments, Reservoir
+from gapfix.transforms.moments import (
+    FIT_BLOCK_ROWS,
+    CrossMoments,
+    FixedRows,
+    Moments,
+    Reservoir,
+    SharedFit,
+)
 from gapfix.validation import check_embeddings, check_modality, check_paired, check_same_dim
 
 APPLY_BLOCK_ROWS = 65_536
@@ -154,6 +161,28 @@ class GapTransform:
         self._finish()
         return self
 
+    def fit_shared(self, shared: SharedFit) -> GapTransform:
+        """Fit from moments accumulated once and shared with other transforms (read only).
+
+        ``auto`` computes each fold's moments (covariances, cross products, rows) once and
+        fits every candidate from them, instead of one pass over the rows per candidate.
+        """
+        self.validate_params()
+        if self.requires_pairs and shared.cross is None:
+            raise InputError(f"method {self.method!r} needs paired rows", param="text")
+        self._dim = shared.image.dim
+        self._moments = {"image": shared.image, "text": shared.text}
+        self._cross = shared.cross
+        self._samples = {
+            m: FixedRows(rows, SAMPLE_ROWS)
+            for m, rows in (("image", shared.image_rows), ("text", shared.text_rows))
+        }
+        self._kernels = {}
+        self._torch_cache = {}
+        self._lock = threading.Lock()
+        self._finish(gap_after=False)
+        return self
+
     def partial_fit(self, image: Any = None, text: Any = None) -> GapTransform:
         """Accumulate one shard (either modality may be None); fitting completes lazily.
 
@@ -219,7 +248,9 @@ class GapTransform:
             for sl in iter_blocks(image.shape[0], FIT_BLOCK_ROWS):
                 self._cross.update(normalized(image[sl]), normalized(text[sl]))
 
-    def _finish(self) -> None:
+    def _finish(self, gap_after: bool = True) -> None:
+        """Set the fitted attributes; ``gap_after=False`` skips mapping the calibration sample
+        for the fit statistics (cross-validation scores its own held-out rows instead)."""
         with self._lock:
             mi, mt = self._moments["image"], self._moments["text"]
             if mi.n < 1 or mt.n < 1:
@@ -229,18 +260,17 @@ class GapTransform:
             self._kernels = {}
             self._torch_cache = {}
             self._stale = False
-            xs, ys = self.calibration_sample()
-            gap_after = float(
-                np.linalg.norm(self._mean_out(xs, "image") - self._mean_out(ys, "text"))
-            )
             self.fit_stats_ = {
                 "n_image": int(mi.n),
                 "n_text": int(mt.n),
                 "dim": int(self._dim),
                 "gap_before": float(np.linalg.norm(mi.mean - mt.mean)),
-                "gap_after": gap_after,
-                "gap_after_rows": [int(xs.shape[0]), int(ys.shape[0])],
             }
+            if gap_after:
+                xs, ys = self.calibration_sample()
+                after = self._mean_out(xs, "image") - self._mean_out(ys, "text")
+                self.fit_stats_["gap_after"] = float(np.linalg.norm(after))
+                self.fit_stats_["gap_after_rows"] = [int(xs.shape[0]), int(ys.shape[0])]
 
     def calibration_sample(self) -> tuple[np.ndarray, np.ndarray]:
         """The reservoir samples of image and text rows kept during fitting."""

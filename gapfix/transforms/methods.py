@@ -186,61 +186,87 @@ class Standardize(GapTransform):
         return {"shift": mean, "scale": 1.0 / std.astype(np.float64)}
 
 
+SHRINKAGE_ESTIMATORS = ("lw", "oas")
+
+
 class Whiten(GapTransform):
     """Per-modality ZCA whitening with shrinkage towards a scaled identity, then renormalise.
 
-    Sigma_s = (1 - shrinkage) * Sigma + shrinkage * (tr(Sigma)/d) * I;  W = Sigma_s^(-1/2).
+    Sigma_s = (1 - a) * Sigma + a * (tr(Sigma)/d) * I;  W = Sigma_s^(-1/2).  ``shrinkage`` is a
+    number ``a`` in [0, 1] or chosen from the data per modality: ``"lw"`` (Ledoit-Wolf, the
+    default) or ``"oas"`` (Oracle Approximating Shrinkage), both from ``sklearn.covariance`` on
+    the calibration rows. The coefficients used are kept in ``shrinkage_`` (image, text).
     """
 
     method = "whiten"
-    param_bounds = (("shrinkage", 0.0, 1.0), ("eps", 1e-12, 1.0))
+    param_bounds = (("eps", 1e-12, 1.0),)
     needs_outer = True
-    fitted_arrays = ("mean_image_", "mean_text_", "whitener_image_", "whitener_text_")
+    fitted_arrays = (
+        "mean_image_", "mean_text_", "whitener_image_", "whitener_text_", "shrinkage_",
+    )  # fmt: skip
 
-    def __init__(self, shrinkage: float = 0.1, eps: float = 1e-6, renormalize: bool = True) -> None:
+    def __init__(
+        self, shrinkage: float | str = "lw", eps: float = 1e-6, renormalize: bool = True
+    ) -> None:
         super().__init__(renormalize)
         self.shrinkage = shrinkage
         self.eps = eps
 
+    def validate_params(self) -> None:
+        """``shrinkage``: 'lw', 'oas' or a number in [0, 1] (numeric strings become floats)."""
+        super().validate_params()
+        value = self.shrinkage
+        if isinstance(value, str) and value.strip().lower() in SHRINKAGE_ESTIMATORS:
+            self.shrinkage = value.strip().lower()
+            return
+        try:
+            number = float(value)  # type: ignore[arg-type]
+            ok = not isinstance(value, bool) and 0.0 <= number <= 1.0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise InputError(
+                "parameter 'shrinkage' of 'whiten' must be in [0, 1] or one of 'lw' "
+                f"(Ledoit-Wolf), 'oas', got {value!r}",
+                param="shrinkage",
+            )
+        self.shrinkage = number
+
     def _fit_moments(self, image: Moments, text: Moments) -> None:
         self.mean_image_ = image.mean.astype(np.float32)
         self.mean_text_ = text.mean.astype(np.float32)
-        self.whitener_image_ = self._whitener(image.cov)
-        self.whitener_text_ = self._whitener(text.cov)
+        samples = self.calibration_sample()
+        amounts = [self._amount(z) for z in samples]
+        self.shrinkage_ = np.array(amounts, dtype=np.float64)
+        self.whitener_image_ = self._whitener(image, amounts[0])
+        self.whitener_text_ = self._whitener(text, amounts[1])
 
-    def _whitener(self, cov: np.ndarray) -> np.ndarray:
+    def _amount(self, rows: np.ndarray) -> float:
+        """The shrinkage coefficient for one modality (estimated from its rows if asked)."""
+        if not isinstance(self.shrinkage, str):
+            return float(self.shrinkage)
+        from sklearn.covariance import OAS, ledoit_wolf_shrinkage
+
+        if rows.shape[0] < 2:
+            return 1.0
+        z = np.asarray(rows, dtype=np.float64)
+        if self.shrinkage == "lw":
+            return float(ledoit_wolf_shrinkage(z))
+        return float(OAS(store_precision=False).fit(z).shrinkage_)
+
+    def _whitener(self, moments: Moments, a: float) -> np.ndarray:
         # Shrinkage towards a scaled identity keeps the eigenvectors of cov, so one
-        # eigendecomposition serves every shrinkage value (auto tries several).
-        d = cov.shape[0]
-        a = float(self.shrinkage)
-        vals, vecs = _eigh_cached(cov)
-        vals = (1 - a) * vals + a * (np.trace(cov) / d)
-        inv_sqrt = 1.0 / np.sqrt(np.maximum(vals, 0.0) + self.eps)
-        return ((vecs * inv_sqrt) @ vecs.T).astype(np.float32)
+        # eigendecomposition (memoised on the moments) serves every shrinkage value.
+        vals, vecs = moments.cov_eigh()
+        vals = (1 - a) * vals + a * (vals.sum() / vals.size)
+        inv_sqrt = (1.0 / np.sqrt(np.maximum(vals, 0.0) + self.eps)).astype(np.float32)
+        v32 = vecs.astype(np.float32)  # a float32 product: half the time, ~1e-6 relative error
+        return (v32 * inv_sqrt) @ v32.T
 
     def _kernel_parts(self, modality: str) -> dict[str, Any]:
         if modality == "image":
             return {"shift": self.mean_image_, "matrix": self.whitener_image_}
         return {"shift": self.mean_text_, "matrix": self.whitener_text_}
-
-
-_EIGH_CACHE: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-_EIGH_CACHE_SIZE = 8
-
-
-def _eigh_cached(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigendecomposition of a symmetric matrix, memoised on its content (small LRU)."""
-    import hashlib
-
-    sym = (cov + cov.T) / 2
-    key = hashlib.blake2b(np.ascontiguousarray(sym).tobytes(), digest_size=16).digest()
-    hit = _EIGH_CACHE.pop(key, None)
-    if hit is None:
-        hit = np.linalg.eigh(sym)
-    _EIGH_CACHE[key] = hit
-    while len(_EIGH_CACHE) > _EIGH_CACHE_SIZE:
-        _EIGH_CACHE.pop(next(iter(_EIGH_CACHE)))
-    return hit
 
 
 class AblateDims(GapTransform):
