@@ -211,6 +211,8 @@ def test_vectors_mode_never_imports_torch(tmp_path: Path) -> None:
             assert c.get("/metrics").status_code == 200
             assert c.post("/v1/embed", json={"texts": ["a"]}).status_code == 400
     modules = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", log.read_text(), re.M)
-    assert "gapfix.store.embedded.collection" in modules and "faiss" in modules  # the log is complete
+    assert (
+        "gapfix.store.embedded.collection" in modules and "faiss" in modules
+    )  # the log is complete
     heavy = [m for m in modules if m.split(".")[0] in ("torch", "open_clip", "torchvision")]
     assert not heavy, heavy[:10]

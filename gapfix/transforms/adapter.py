@@ -17,7 +17,7 @@ from gapfix.blocks import normalized
 from gapfix.errors import InputError
 from gapfix.transforms.adapter_training import AdapterConfig, train_adapter
 from gapfix.transforms.base import GapTransform
-from gapfix.transforms.moments import Moments
+from gapfix.transforms.moments import Moments, SharedFit
 from gapfix.validation import check_embeddings, check_labels, check_paired, check_same_dim
 
 INITS = ("identity", "centering", "whiten")
@@ -155,6 +155,13 @@ class ContrastiveAdapter(GapTransform):
             self._train_rows = None
         self.fit_stats_["adapter"] = self.train_stats_
         return self
+
+    def fit_shared(self, shared: SharedFit) -> ContrastiveAdapter:
+        """Train on a fold's own pairs: a learned map needs the rows, not only the moments
+        that closed-form methods share (`gapfix fit`'s out-of-fold report, `auto`)."""
+        if shared.cross is None:
+            raise InputError(f"method {self.method!r} needs paired rows", param="text")
+        return self.fit(shared.image_rows, shared.text_rows)
 
     def _config(self) -> AdapterConfig:
         return AdapterConfig(
