@@ -75,6 +75,7 @@ def _preload_model() -> None:
         device=_setting("GAPFIX_DEVICE", defaults["device"].default),
         precision=_setting("GAPFIX_PRECISION", defaults["precision"].default),
         cache_dir=_setting("GAPFIX_MODEL_CACHE", "") or None,
+        backend=_setting("GAPFIX_BACKEND", "torch"),
     )
 
 
@@ -99,6 +100,13 @@ def serve(
         help="Directory of the collections (default ./data).",
         show_default=False,
     ),
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help="Encoder backend: torch (default), onnx (ONNX Runtime, CPU) or compile "
+        "(torch.compile).",
+        show_default=False,
+    ),
     host: str = typer.Option("127.0.0.1", "--host", envvar="GAPFIX_HOST", help="Bind address."),
     port: int = typer.Option(
         8000, "--port", envvar="GAPFIX_PORT", min=1, max=65535, help="TCP port."
@@ -114,10 +122,15 @@ def serve(
     overrides = {
         "GAPFIX_MODEL": model,
         "GAPFIX_PRETRAINED": pretrained,
+        "GAPFIX_BACKEND": backend,
         "GAPFIX_DATA_DIR": None if data_dir is None else str(data_dir),
         "GAPFIX_HOST": host,
         "GAPFIX_PORT": str(port),
     }
+    if backend is not None:
+        from gapfix.encoders.backends import check_backend
+
+        check_backend(backend)  # a bad name is a one-line error (exit 2), even in vectors mode
     for key, value in overrides.items():
         if value is not None:
             os.environ[key] = value

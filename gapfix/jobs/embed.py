@@ -54,6 +54,7 @@ class EmbedOptions:
     thumbnail_size: int = 0  # > 0: keep a JPEG thumbnail (longest side, px) of each image
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "torch"  # torch | onnx | compile (gapfix.encoders.backends)
     prefetch: int = 4  # batches each worker prepares ahead
     ray: str | None = None  # None: single machine; "local" or a cluster address
     progress: str = "auto"  # auto | bar | log | off
@@ -68,6 +69,9 @@ class EmbedOptions:
         if self.workers is not None and self.workers < 0:
             raise InputError("--workers must be >= 0", param="workers")
         check_mode(self.progress)
+        from gapfix.encoders.backends import check_backend
+
+        self.backend = check_backend(self.backend)
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
@@ -77,6 +81,7 @@ class EmbedOptions:
             self.precision,
             max(self.batch_size, 1),
             self.max_pixels,
+            self.backend,
         )
 
 
@@ -220,7 +225,7 @@ def run_embed(
     if encoder is None:
         spec = opts.spec()
         if opts.ray:  # the driver only needs dim, id and the CPU stage; actors load their own
-            spec = dataclasses.replace(spec, device="cpu")
+            spec = dataclasses.replace(spec, device="cpu", backend="torch")
         encoder = spec.load()
     dim = int(encoder.dim)
     input_info = {

@@ -30,6 +30,7 @@ class ModelSpec:
     precision: str = "auto"
     max_batch_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
+    backend: str = "torch"
 
     def load(self) -> Any:
         from gapfix.encoders import load_encoder
@@ -41,6 +42,7 @@ class ModelSpec:
             precision=self.precision,
             max_batch_size=self.max_batch_size,
             max_pixels=self.max_pixels,
+            backend=self.backend,
         )
 
 
@@ -52,6 +54,8 @@ def cpu_stage(encoder: Any, max_pixels: int | None = None) -> Any:
 
     light = copy.copy(encoder)
     light.model = None
+    if hasattr(light, "towers"):  # ONNX sessions and compiled graphs do not pickle
+        light.towers = None
     if max_pixels is not None:
         light.max_pixels = int(max_pixels)
     return light
