@@ -88,6 +88,7 @@ def test_onnx_random_init_matches_eager(tmp_path, pixels):
     assert enc.backend == "onnx" and enc.describe()["backend"] == "onnx"
     assert_matches(enc, ref, pixels, B.TOLERANCE["onnx"])  # 6 images: chunks of 4 + 2
     assert enc.encode_images(pixels[:0]).shape == (0, enc.dim)
+    assert enc.towers.text_lengths is None  # the exported text graph has a fixed context
     light = pickle.loads(pickle.dumps(cpu_stage(enc)))  # the CPU stage ships to workers
     assert light.tokenize(["a"]).shape == (1, enc.context_length)
 
@@ -182,3 +183,21 @@ def test_gpu_compile_matches_eager(tmp_path, pixels):
     ref = load_encoder(TINY, ckpt, device="cuda", precision="fp32")
     enc = load_encoder(TINY, ckpt, device="cuda", precision="fp32", backend="compile")
     assert_matches(enc, ref, pixels, B.TOLERANCE["compile"])
+
+
+def test_text_padding_cut_is_exact():
+    """Texts sorted by length, each chunk cut to its longest: same vectors as open_clip on the
+    full context, in the caller's order. (ONNX keeps the full context; compile cuts too.)"""
+    enc = load_encoder(TINY, "none", device="cpu", max_batch_size=2)
+    assert B.cuttable(enc.model) and enc.towers.text_lengths is not None
+    texts = ["a b c d e f g h", "a", "x " * 100, "", "two cats"]
+    tokens = enc.tokenize(texts)
+    seen = []
+    text = enc.towers.text
+    enc.towers.text = lambda t: seen.append(t.shape[1]) or text(t)
+    got = enc.encode_texts(texts)
+    # with start and end tokens: ["", "a"] -> 3, ["two cats", "a b c ..."] -> 10, ["x x ..."]
+    assert seen == [3, 10, tokens.shape[1]]
+    with torch.inference_mode():
+        bare = torch.nn.functional.normalize(enc.model.encode_text(tokens), dim=-1).numpy()
+    assert cos_dist(got, bare) <= B.TOLERANCE["onnx"]

@@ -55,15 +55,74 @@ def default_cache_dir() -> Path:
 
 
 class Towers:
-    """The image and text towers as callables on device tensors -> (n, dim) features."""
+    """The image and text towers as callables on device tensors -> (n, dim) features.
 
-    def __init__(self, name: str, image: Callable[[Any], Any], text: Callable[[Any], Any]) -> None:
+    ``text_lengths`` (when set) gives, per row of tokens, how many leading positions the text
+    tower's output depends on: the encoder then cuts each batch to its longest row.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        image: Callable[[Any], Any],
+        text: Callable[[Any], Any],
+        text_lengths: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.name = name
         self.image = image
         self.text = text
+        self.text_lengths = text_lengths
 
 
-def _tower_modules(model: Any) -> tuple[Any, Any]:
+def cuttable(model: Any) -> bool:
+    """True for open_clip's built-in CLIP text tower with a causal mask and EOT pooling: its
+    output at the pooled position depends on the positions up to it only, so padding after the
+    longest text of a batch can be cut off (exactly; 77 -> ~20 positions for typical prompts)."""
+    import torch
+
+    return (
+        not hasattr(model, "text")
+        and isinstance(getattr(model, "attn_mask", None), torch.Tensor)
+        and getattr(model, "text_pool_type", None) in ("argmax", "eos")
+        and all(hasattr(model, a) for a in ("token_embedding", "positional_embedding", "ln_final"))
+    )
+
+
+def pooled_positions(model: Any, tokens: Any) -> Any:
+    """Per row, the position the text tower pools (the EOT token) plus one."""
+    if model.text_pool_type == "eos":
+        return (tokens == model.text_eos_id).int().argmax(dim=-1) + 1
+    return tokens.argmax(dim=-1) + 1
+
+
+def encode_text_cut(model: Any, tokens: Any) -> Any:
+    """``model.encode_text`` on a token tensor cut to fewer than the context's positions (the
+    positional embedding and causal mask cut alike); for models where `cuttable` holds."""
+    import torch
+    from open_clip.transformer import text_global_pool
+
+    n = tokens.shape[1]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    eos = getattr(model, "text_eos_id", None)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=eos)
+    proj = model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def _text_fn(model: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any] | None]:
+    if not cuttable(model):
+        return model.encode_text, None
+    return (lambda t: encode_text_cut(model, t)), (lambda t: pooled_positions(model, t))
+
+
+def _tower_modules(model: Any, cut: bool) -> tuple[Any, Any]:
+    """Each tower as an ``nn.Module`` (for compile and export); ``cut``: the text tower takes
+    tokens cut short (`encode_text_cut`)."""
     import torch
 
     class ImageTower(torch.nn.Module):
@@ -80,7 +139,7 @@ def _tower_modules(model: Any) -> tuple[Any, Any]:
             self.m = m
 
         def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-            return self.m.encode_text(tokens)
+            return encode_text_cut(self.m, tokens) if cut else self.m.encode_text(tokens)
 
     return ImageTower(model).eval(), TextTower(model).eval()
 
@@ -101,15 +160,19 @@ def make_towers(
     ``pixel_shape``/``context_length`` shape its export inputs, ``arch`` enters its cache key.
     """
     backend = check_backend(backend)
+    text_fn, lengths = _text_fn(model)
     if backend == "torch":
-        return Towers("torch", model.encode_image, model.encode_text)
+        return Towers("torch", model.encode_image, text_fn, lengths)
     if backend == "compile":
         import torch
 
-        image, text = _tower_modules(model)
-        # dynamic: one graph per tower for every batch size (the service sends many)
+        image, text = _tower_modules(model, cut=lengths is not None)
+        # dynamic: one graph per tower for every batch size and text length
         return Towers(
-            "compile", torch.compile(image, dynamic=True), torch.compile(text, dynamic=True)
+            "compile",
+            torch.compile(image, dynamic=True),
+            torch.compile(text, dynamic=True),
+            lengths,
         )
     if getattr(device, "type", str(device)) != "cpu":
         raise InputError(
@@ -139,6 +202,8 @@ def _onnx_towers(
     context_length: int,
     arch: str,
 ) -> Towers:
+    """ONNX Runtime sessions of both towers. The text tower keeps the full context: the
+    TorchScript exporter fixes nn.MultiheadAttention's sequence length in the graph."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -184,7 +249,7 @@ def _export(model: Any, folder: Path, pixel_shape: tuple[int, ...], context_leng
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    image, text = _tower_modules(model)
+    image, text = _tower_modules(model, cut=False)
     dummy_pixels = torch.zeros((2, *pixel_shape), dtype=torch.float32)
     dummy_tokens = torch.zeros((2, context_length), dtype=torch.int64)
     logger.info("onnx: exporting the towers to %s (once per weights)", folder)

@@ -166,10 +166,25 @@ class ClipEncoder:
     # ---- core ---------------------------------------------------------------------------
 
     def forward_texts(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Text tower on token ids, in chunks of ``max_batch_size`` -> (n, dim) float32."""
+        """Text tower on token ids, in chunks of ``max_batch_size`` -> (n, dim) float32.
+
+        Where the tower allows it (``towers.text_lengths``), texts are sorted by length and each
+        chunk is cut to its longest text: the padding after it costs nothing.
+        """
         if tokens.ndim != 2:
             raise InputError(f"tokens must be 2-D (n, context), got shape {tuple(tokens.shape)}")
-        return self._forward(self.towers.text, tokens, "text")
+        lengths_of = self.towers.text_lengths
+        if lengths_of is None or tokens.shape[0] == 0:
+            return self._forward(self.towers.text, tokens, "text")
+        lengths = lengths_of(tokens)
+        order = torch.argsort(lengths, stable=True)
+        ends = lengths[order]
+
+        def cut(start: int, chunk: torch.Tensor) -> torch.Tensor:
+            return chunk[:, : int(ends[start : start + chunk.shape[0]].max())]
+
+        out = self._forward(self.towers.text, tokens[order], "text", cut=cut)
+        return out[torch.argsort(order.to(out.device))]
 
     def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Image tower on preprocessed pixels (n, C, H, W) -> (n, dim) float32 features.
@@ -191,7 +206,12 @@ class ClipEncoder:
             )
 
     def _forward(
-        self, fn: Callable, x: torch.Tensor, modality: str, dtype: torch.dtype | None = None
+        self,
+        fn: Callable,
+        x: torch.Tensor,
+        modality: str,
+        dtype: torch.dtype | None = None,
+        cut: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         n = x.shape[0]
         if n == 0:
@@ -201,6 +221,8 @@ class ClipEncoder:
             outs = []
             for start in range(0, n, self.max_batch_size):
                 chunk = x[start : start + self.max_batch_size]
+                if cut is not None:
+                    chunk = cut(start, chunk)
                 chunk = chunk.to(self.device, dtype=dtype or chunk.dtype, non_blocking=True)
                 sizes.observe(chunk.shape[0])
                 outs.append(fn(chunk).float())
