@@ -5,7 +5,7 @@ For each backend (`torch` eager, `onnx`, `compile`; ``GAPFIX_BENCH_BACKENDS`` pi
 tower, the best of ``REPEAT`` timed passes over ``N`` inputs in batches of ``BATCH``:
 
 - roofline fraction = items/s x model FLOPs per item / numpy fp32 matmul FLOP/s, the latter
-  measured in the same run (best of several 1024^3 products, before and after the models, with
+  measured in the same run (best of several 2048^3 products, before and after the models, with
   the same threads); FLOPs per item are counted by ``torch.utils.flop_counter`` (2 per MAC);
 - each backend's rate over eager open_clip's (``model.encode_image`` / ``encode_text``).
 
@@ -30,7 +30,7 @@ BATCH = int(os.environ.get("GAPFIX_BENCH_BACKENDS_BATCH", "16"))
 N = int(os.environ.get("GAPFIX_BENCH_BACKENDS_N", "32"))
 REPEAT = 2
 TARGET = 0.6
-MATMUL_N = 1024
+MATMUL_N = 2048
 
 
 def matmul_flops(repeat: int = 5) -> float:
