@@ -82,6 +82,7 @@ class ClipEncoder:
         self.max_batch_size = int(max_batch_size)
         self.model_id = model_id
         self.max_pixels = int(max_pixels)
+        self.draft_decode = False  # True: JPEGs decoded at a reduced scale >= the model size
         lp = self.device.type == "cuda" and self.weight_dtype == torch.float32
         self._autocast_dtype = _AUTOCAST.get(precision) if lp else None
         self.context_length = int(getattr(tokenizer, "context_length", 0)) or None
@@ -145,7 +146,7 @@ class ClipEncoder:
                 if isinstance(item, Image.Image):
                     img = to_rgb(item)
                 elif isinstance(item, bytes | bytearray | memoryview):
-                    img = decode_image(item, self.max_pixels, param=param)
+                    img = decode_image(item, self.max_pixels, param=param, draft=self.draft())
                 else:
                     raise InputError(f"expected image bytes, got {type(item).__name__}", param)
                 self._check_resize(img, param)
@@ -153,6 +154,11 @@ class ClipEncoder:
             if not out:
                 return torch.zeros((0, *self.pixel_shape))
             return torch.stack(out)
+
+    def draft(self, at_least: int = 0) -> int | None:
+        """The ``draft`` size for `decode_image`: the model's input side (or ``at_least``, if
+        larger) when ``draft_decode`` is set, else None (full decode)."""
+        return max(max(self.pixel_shape[1:]), at_least) if self.draft_decode else None
 
     def _check_resize(self, img: Image.Image, param: str) -> None:
         # A resize of the shorter side to the model size blows up extreme aspect ratios.

@@ -55,6 +55,7 @@ class EmbedOptions:
     device: str = "auto"
     precision: str = "auto"
     backend: str = "torch"  # torch | onnx | compile (gapfix.encoders.backends)
+    exact_decode: bool = False  # False: JPEGs decoded at a reduced scale >= the model input
     prefetch: int = 4  # batches each worker prepares ahead
     ray: str | None = None  # None: single machine; "local" or a cluster address
     progress: str = "auto"  # auto | bar | log | off
@@ -151,7 +152,9 @@ def run_local(
     from torch.utils.data import DataLoader
 
     workers = default_workers() if opts.workers is None else opts.workers
-    preparer = make_preparer(encoder, opts.max_pixels, opts.thumbnail_size)
+    preparer = make_preparer(
+        encoder, opts.max_pixels, opts.thumbnail_size, draft=not opts.exact_decode
+    )
     sampler = _Descriptors(lambda: _batches(source, plan, pending, opts.batch_size))
     loader_kw: dict[str, Any] = {}
     if workers > 0:
@@ -271,7 +274,9 @@ def run_embed(
             if pool is not None:
                 from gapfix.jobs.ray_backend import run_embed_ray
 
-                preparer = make_preparer(encoder, opts.max_pixels, opts.thumbnail_size)
+                preparer = make_preparer(
+                    encoder, opts.max_pixels, opts.thumbnail_size, draft=not opts.exact_decode
+                )
 
                 def produce(on_result: Callable[[ShardResult], None]) -> None:
                     timing.update(
