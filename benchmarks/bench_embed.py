@@ -26,6 +26,7 @@ MODEL = os.environ.get("GAPFIX_BENCH_EMBED_MODEL", "ViT-B-32")
 N_IMAGES = int(os.environ.get("GAPFIX_BENCH_EMBED_N", "96"))
 N_RAY = int(os.environ.get("GAPFIX_BENCH_EMBED_N_RAY", str(2 * N_IMAGES)))
 BATCH = 16
+REPEAT = 2
 BIG = (2000, 1500)  # a 3 MP photo: draft decoding reads it at 1/4 scale for a 224 model
 SIZE = (320, 240)  # JPEGs of a typical web-image size, decoded and resized to 224 by the job
 
@@ -71,11 +72,18 @@ def _prepare_rate(encoder, files: list[bytes], draft: bool) -> float:
         torch.set_num_threads(threads)
 
 
-def _job(encoder, root: Path, out: Path, n: int = N_IMAGES, **kw) -> tuple[float, dict]:
+def _job(
+    encoder, root: Path, out: Path, n: int = N_IMAGES, shard_size: int = 64, **kw
+) -> tuple[float, dict]:
     from gapfix.jobs import EmbedOptions, run_embed
 
     opts = EmbedOptions(
-        model=MODEL, pretrained="none", batch_size=BATCH, shard_size=64, progress="off", **kw
+        model=MODEL,
+        pretrained="none",
+        batch_size=BATCH,
+        shard_size=shard_size,
+        progress="off",
+        **kw,
     )
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -94,9 +102,12 @@ def run() -> list[BenchResult]:
         encoder = load_encoder(MODEL, "none", device="cpu", max_batch_size=BATCH)
         files = [f.read_bytes() for f in sorted((tmp / "imgs").iterdir())]
         prep = _prepare_rate(encoder, files, draft=True)
-        bare = _bare_loop(encoder, tmp / "imgs")
-        local, summary = _job(encoder, tmp / "imgs", tmp / "out-local", workers=1)
-        bare = max(bare, _bare_loop(encoder, tmp / "imgs"))  # before and after: the better one
+        bare, local, summary = 0.0, 0.0, {}
+        for _ in range(REPEAT):  # alternated, best of each: the machine's load drifts
+            bare = max(bare, _bare_loop(encoder, tmp / "imgs"))
+            rate, s = _job(encoder, tmp / "imgs", tmp / "out-local", workers=1)
+            if rate > local:
+                local, summary = rate, s
         note = f"{MODEL} random init, batch {BATCH}, {N_IMAGES} JPEGs {SIZE[0]}x{SIZE[1]}"
         big = [image_bytes(i, BIG, fmt="JPEG") for i in range(4)]
         results = [
@@ -128,9 +139,11 @@ def run() -> list[BenchResult]:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
             _make_images(tmp / "imgs-ray", N_RAY)
+            # one batch per shard: the first result marks the end of start-up
             on_ray, rs = _job(
-                encoder, tmp / "imgs-ray", tmp / "out-ray", n=N_RAY, workers=2, ray="local"
-            )
+                encoder, tmp / "imgs-ray", tmp / "out-ray", n=N_RAY, shard_size=BATCH,
+                workers=2, ray="local",
+            )  # fmt: skip
         finally:
             ray.shutdown()
         after = (N_RAY - rs["first_items"]) / max(rs["seconds"] - rs["first_result_s"], 1e-9)
