@@ -65,13 +65,15 @@ def texts(n: int) -> list[str]:
     return [" ".join(words[: 3 + (7 * i) % len(words)] * (1 + i % 3)) for i in range(n)]
 
 
-def _rate(fn, n: int) -> float:
-    best = float("inf")
+def _rates(fns: dict, n: int) -> dict[str, float]:
+    """Items/s of each function over ``n`` items: runs alternated, best of ``REPEAT``."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(REPEAT):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: n / t for name, t in best.items()}
 
 
 def run() -> list[BenchResult]:
@@ -93,18 +95,17 @@ def run() -> list[BenchResult]:
         enc.encode_images(pixels[:BATCH])  # warm-up at the batch size (compiles)
         enc.encode_texts(prompts[:BATCH])
         setup[backend] = time.perf_counter() - t0
+        fns = {
+            "image": lambda e=enc: e.encode_images(pixels),
+            "text": lambda e=enc: e.encode_texts(prompts),
+        }
         if not flops:
             tokens = enc.tokenize(prompts)
             flops["image"] = flops_per_item(enc.model.encode_image, pixels[:1])
             flops["text_full"] = flops_per_item(enc.model.encode_text, tokens)
-            rates["eager_full_context"] = {
-                "text": _rate(lambda m=enc.model, t=tokens: _bare_texts(m, t), N)
-            }
+            fns["text_full"] = lambda m=enc.model, t=tokens: _bare_texts(m, t)
         peak = max(peak, matmul_flops())  # next to each model run: the machine is shared
-        rates[backend] = {
-            "image": _rate(lambda e=enc: e.encode_images(pixels), N),
-            "text": _rate(lambda e=enc: e.encode_texts(prompts), N),
-        }
+        rates[backend] = _rates(fns, N)
         del enc
     peak = max(peak, matmul_flops())
     where = (
@@ -136,8 +137,8 @@ def run() -> list[BenchResult]:
                         note=where,
                     )
                 )
-    if eager:
-        full = rates["eager_full_context"]["text"]
+    if eager and "text_full" in eager:
+        full = eager["text_full"]
         results.append(
             BenchResult(
                 "encode texts: padding cut to the batch's longest text vs full 77-token context",
