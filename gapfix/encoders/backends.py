@@ -4,8 +4,12 @@
 - ``onnx``: ONNX Runtime on CPU. Each tower is exported once with ``torch.onnx.export`` and the
   files are cached under ``<cache>/onnx/<key>/`` where ``key`` hashes the weights, the
   architecture, the torch version and the opset, so a later start loads them without exporting;
-- ``compile``: ``torch.compile`` of each tower (inductor; compiles on the first call of each
-  batch shape, which the service's warm-up pays for).
+- ``compile``: ``torch.compile`` of each tower (inductor, dynamic shapes: compiles once per
+  tower, on the first call, which a warm-up pays for).
+
+For open_clip's CLIP text tower (causal, pooled at the end-of-text token) the torch and compile
+text towers take tokens cut after a batch's longest text (`encode_text_cut`); the ONNX graph
+keeps the full context.
 
 Every backend must give the vectors of eager fp32 within `TOLERANCE` (cosine distance of the
 L2-normalised vectors); tests check it. Low-precision *weights* on GPU are `to_precision`.
