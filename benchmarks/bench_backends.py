@@ -17,6 +17,7 @@ bare open_clip call on all 77 positions. Target: image roofline fraction >= 0.6.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 
@@ -77,12 +78,19 @@ def _rates(fns: dict, n: int) -> dict[str, float]:
 
 
 def run() -> list[BenchResult]:
+    cache = tempfile.mkdtemp(prefix="gapfix-bench-onnx-")  # exported ViT-B-32: ~600 MB
+    try:
+        return _run(cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _run(cache: str) -> list[BenchResult]:
     import torch
 
     from gapfix.encoders import load_encoder
 
     peak = 0.0
-    cache = tempfile.mkdtemp(prefix="gapfix-bench-onnx-")
     pixels = torch.randn(N, 3, 224, 224)
     prompts = texts(N)
     rates: dict[str, dict[str, float]] = {}
