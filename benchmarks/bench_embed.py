@@ -3,12 +3,18 @@
 Same model (ViT-B-32 architecture, random init: no weights can be downloaded here; the cost of
 a forward pass does not depend on the weights), same batch size, same images. The bare loop
 gets everything for free that the job must do itself: listing, reading, JPEG decoding,
-preprocessing, writing parquet shards and the manifest. Target: job / bare >= 0.8, i.e. the
-decode workers keep the model busy. Then the same job on Ray Data with 2 model actors.
+preprocessing, writing parquet shards and the manifest. Target: job / bare >= 0.9, i.e. the
+decode workers keep the model busy. Also measured: the decode + preprocess rate of one thread
+(how far it stays ahead of the model), JPEG draft decoding of large photos against a full
+decode, and the same job on Ray Data with 2 model actors (one model load each), with its rate
+after start-up reported apart from the wall-time rate: the marginal rate between a run of
+``N_RAY_SMALL`` items and one of ``N_RAY`` (both pay the same start-up: Ray workers, one model
+load per actor; Ray Data streams, so the first result back does not mark its end).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -16,10 +22,15 @@ import time
 from pathlib import Path
 
 from benchmarks._common import BenchResult
+from gapfix.jobs.testing import image_bytes
 
 MODEL = os.environ.get("GAPFIX_BENCH_EMBED_MODEL", "ViT-B-32")
-N_IMAGES = int(os.environ.get("GAPFIX_BENCH_EMBED_N", "64"))
+N_IMAGES = int(os.environ.get("GAPFIX_BENCH_EMBED_N", "96"))
+N_RAY = int(os.environ.get("GAPFIX_BENCH_EMBED_N_RAY", str(2 * N_IMAGES)))
+N_RAY_SMALL = 2 * 16
 BATCH = 16
+REPEAT = 2
+BIG = (2000, 1500)  # a 3 MP photo: draft decoding reads it at 1/4 scale for a 224 model
 SIZE = (320, 240)  # JPEGs of a typical web-image size, decoded and resized to 224 by the job
 
 
@@ -47,18 +58,42 @@ def _bare_loop(encoder, root: Path) -> float:
         return len(files) / (time.perf_counter() - t0)
 
 
-def _job(encoder, root: Path, out: Path, **kw) -> tuple[float, dict]:
+def _prepare_rate(encoder, files: list[bytes], draft: bool) -> float:
+    """Images/s of decode + preprocess on one thread (what one DataLoader worker does)."""
+    import torch
+
+    stage = copy.copy(encoder)
+    stage.draft_decode = draft
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        stage.preprocess_images(files[:1])
+        t0 = time.perf_counter()
+        stage.preprocess_images(files)
+        return len(files) / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _job(
+    encoder, root: Path, out: Path, n: int = N_IMAGES, shard_size: int = 64, **kw
+) -> tuple[float, dict]:
     from gapfix.jobs import EmbedOptions, run_embed
 
     opts = EmbedOptions(
-        model=MODEL, pretrained="none", batch_size=BATCH, shard_size=64, progress="off", **kw
+        model=MODEL,
+        pretrained="none",
+        batch_size=BATCH,
+        shard_size=shard_size,
+        progress="off",
+        **kw,
     )
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     s = run_embed(root, out, opts, encoder=encoder, log=lambda _m: None)
     dt = time.perf_counter() - t0
-    assert s["items"] == N_IMAGES and s["failures"] == 0, s
-    return N_IMAGES / dt, s
+    assert s["items"] == n and s["failures"] == 0, s
+    return n / dt, s
 
 
 def run() -> list[BenchResult]:
@@ -68,10 +103,16 @@ def run() -> list[BenchResult]:
     try:
         _make_images(tmp / "imgs", N_IMAGES)
         encoder = load_encoder(MODEL, "none", device="cpu", max_batch_size=BATCH)
-        bare = _bare_loop(encoder, tmp / "imgs")
-        local, summary = _job(encoder, tmp / "imgs", tmp / "out-local", workers=1)
-        bare = max(bare, _bare_loop(encoder, tmp / "imgs"))  # before and after: the better one
+        files = [f.read_bytes() for f in sorted((tmp / "imgs").iterdir())]
+        prep = _prepare_rate(encoder, files, draft=True)
+        bare, local, summary = 0.0, 0.0, {}
+        for _ in range(REPEAT):  # alternated, best of each: the machine's load drifts
+            bare = max(bare, _bare_loop(encoder, tmp / "imgs"))
+            rate, s = _job(encoder, tmp / "imgs", tmp / "out-local", workers=1)
+            if rate > local:
+                local, summary = rate, s
         note = f"{MODEL} random init, batch {BATCH}, {N_IMAGES} JPEGs {SIZE[0]}x{SIZE[1]}"
+        big = [image_bytes(i, BIG, fmt="JPEG") for i in range(4)]
         results = [
             BenchResult(
                 "embed job (1 decode worker) vs bare open_clip loop",
@@ -79,10 +120,19 @@ def run() -> list[BenchResult]:
                 "items/s",
                 baseline=bare,
                 baseline_name="bare loop, pre-decoded tensors",
-                target=0.8,
+                target=0.9,
                 note=note + "; job wall time incl. listing, decode, parquet + manifest writes; "
-                f"model busy {100 * summary['model_busy']:.0f}% of the job's loop",
-            )
+                f"model busy {100 * summary['model_busy']:.0f}% of the job's loop; one thread "
+                f"decodes + preprocesses {prep:.0f} img/s ({prep / bare:.0f}x the model)",
+            ),
+            BenchResult(
+                f"decode + preprocess {BIG[0]}x{BIG[1]} JPEGs: draft vs full decode",
+                _prepare_rate(encoder, big, draft=True),
+                "img/s",
+                baseline=_prepare_rate(encoder, big, draft=False),
+                baseline_name="full decode (--exact-decode)",
+                note="one thread; random-pixel JPEGs (the slowest to entropy-decode)",
+            ),
         ]
         try:
             import ray
@@ -91,9 +141,20 @@ def run() -> list[BenchResult]:
         # 2 model actors + decode tasks share the 2 cores: logical CPUs above the physical count
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         try:
-            on_ray, rs = _job(encoder, tmp / "imgs", tmp / "out-ray", workers=2, ray="local")
+            _make_images(tmp / "imgs-ray", N_RAY)
+            _make_images(tmp / "imgs-ray-small", N_RAY_SMALL)
+            _, ss = _job(
+                encoder, tmp / "imgs-ray-small", tmp / "out-ray-small", n=N_RAY_SMALL,
+                shard_size=BATCH, workers=2, ray="local",
+            )  # fmt: skip
+            on_ray, rs = _job(
+                encoder, tmp / "imgs-ray", tmp / "out-ray", n=N_RAY, shard_size=BATCH,
+                workers=2, ray="local",
+            )  # fmt: skip
         finally:
             ray.shutdown()
+        after = (N_RAY - N_RAY_SMALL) / max(rs["seconds"] - ss["seconds"], 1e-9)
+        note = note.replace(f"{N_IMAGES} JPEGs", f"{N_RAY} JPEGs")
         results.append(
             BenchResult(
                 "embed job on Ray Data (2 model actors) vs bare open_clip loop",
@@ -103,6 +164,17 @@ def run() -> list[BenchResult]:
                 baseline_name="bare loop, pre-decoded tensors",
                 note=note + "; wall time incl. Ray worker start-up and a model load per actor "
                 f"(first embeddings back after {rs['first_result_s']:.1f}s of {rs['seconds']:.1f}s)",
+            )
+        )
+        results.append(
+            BenchResult(
+                "embed job on Ray Data (2 model actors), after start-up, vs bare loop",
+                after,
+                "items/s",
+                baseline=bare,
+                baseline_name="bare loop, pre-decoded tensors",
+                note=f"({N_RAY} - {N_RAY_SMALL} items) / (their runs' time difference, "
+                f"{rs['seconds']:.1f}s - {ss['seconds']:.1f}s); {note}",
             )
         )
         return results

@@ -53,7 +53,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = Field(
+        "auto", description="auto, fp32, fp16, bf16 (fp16/bf16: the weights, GPU only)"
+    )
+    backend: str = Field(
+        "torch",
+        description="encoder backend: torch (eager), onnx (ONNX Runtime, CPU; towers exported "
+        "once into <model_cache or ~/.cache/gapfix>/onnx) or compile (torch.compile)",
+    )
     max_batch_size: int = Field(64, ge=1, le=4096, description="inputs per model call")
     batch_wait_ms: float = Field(5.0, ge=0, le=1000, description="micro-batch max wait")
     api_keys: str = Field("", description="comma-separated API keys (Authorization: Bearer)")
@@ -132,6 +139,13 @@ class Settings(BaseSettings):
     @classmethod
     def _strip(cls, v: object) -> object:
         return v.strip() if isinstance(v, str) else v
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, v: str) -> str:
+        from gapfix.encoders.backends import check_backend  # torch-free module
+
+        return check_backend(v)
 
     @field_validator("url_allow")
     @classmethod

@@ -117,6 +117,7 @@ class AppState:
             max_batch_size=s.max_batch_size,
             cache_dir=s.model_cache,
             max_pixels=s.max_image_pixels,
+            backend=s.backend,
         )
         self.batcher = MicroBatcher(
             self.encoder,

@@ -319,7 +319,7 @@ def test_checkpoint_file_gets_the_architectures_preprocessing(tmp_path, caplog):
 def test_device_and_precision():
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "fp32"  # autocast is GPU-only
+    assert resolve_precision("bf16", cpu) == "fp32"  # low-precision weights are GPU-only
     with pytest.raises(InputError):
         resolve_precision("int8", cpu)
     with pytest.raises(InputError):

@@ -55,7 +55,20 @@ def embed(
         "(0: none); `index build` hands them to the store for the search page.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16, bf16."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto, fp32, fp16, bf16 (fp16/bf16 weights: GPU only)."
+    ),
+    backend: str = typer.Option(
+        "torch",
+        "--backend",
+        help="Encoder backend: torch, onnx (ONNX Runtime, CPU) or compile (torch.compile).",
+    ),
+    exact_decode: bool = typer.Option(
+        False,
+        "--exact-decode",
+        help="Decode JPEGs at full size (default: at a reduced scale no smaller than the "
+        "model's input, several times faster for large photos; vectors within ~1e-3 cosine).",
+    ),
     ray: str = typer.Option(None, "--ray", help=_RAY_HELP),
     progress: str = typer.Option("auto", "--progress", help=_PROGRESS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -73,6 +86,8 @@ def embed(
         thumbnail_size=thumbnails,
         device=device,
         precision=precision,
+        backend=backend,
+        exact_decode=exact_decode,
         ray=ray,
         progress=progress,
     )

@@ -104,6 +104,7 @@ def _preload_model(settings: Any) -> None:
         device=settings.device,
         precision=settings.precision,
         cache_dir=settings.model_cache,
+        backend=settings.backend,
     )
 
 
@@ -135,6 +136,13 @@ def serve(
         "milvus://HOST:PORT[/db] (token/TLS: GAPFIX_MILVUS_* variables).",
         show_default=False,
     ),
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help="Encoder backend: torch (default), onnx (ONNX Runtime, CPU) or compile "
+        "(torch.compile).",
+        show_default=False,
+    ),
     host: str = typer.Option("127.0.0.1", "--host", envvar="GAPFIX_HOST", help="Bind address."),
     port: int = typer.Option(
         8000, "--port", envvar="GAPFIX_PORT", min=1, max=65535, help="TCP port."
@@ -150,11 +158,16 @@ def serve(
     overrides = {
         "GAPFIX_MODEL": model,
         "GAPFIX_PRETRAINED": pretrained,
+        "GAPFIX_BACKEND": backend,
         "GAPFIX_DATA_DIR": None if data_dir is None else str(data_dir),
         "GAPFIX_STORE": store,
         "GAPFIX_HOST": host,
         "GAPFIX_PORT": str(port),
     }
+    if backend is not None:
+        from gapfix.encoders.backends import check_backend
+
+        check_backend(backend)  # a bad name is a one-line error (exit 2), even in vectors mode
     for key, value in overrides.items():
         if value is not None:
             os.environ[key] = value

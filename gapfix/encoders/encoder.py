@@ -2,7 +2,10 @@
 
 - pre (CPU): decode + preprocess images (`preprocess_images`), tokenize texts (`tokenize`);
 - core (device): model forward in chunks of at most ``max_batch_size`` (`forward_images`,
-  `forward_texts`) under ``torch.inference_mode`` and, on GPU, fp16/bf16 autocast;
+  `forward_texts`) under ``torch.inference_mode``, through the towers of the chosen backend
+  (`gapfix.encoders.backends`: eager torch, ONNX Runtime or ``torch.compile``); inputs are cast
+  to the weights' dtype (fp16/bf16 weights on GPU), autocast only for fp32 weights asked to run
+  at fp16/bf16;
 - post: L2-normalise in float32 and copy to a numpy array (`postprocess`).
 
 Each stage is timed in ``gapfix_stage_duration_seconds{stage=encode_pre|encode_core|
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from gapfix.encoders.backends import Towers
 from gapfix.encoders.errors import ModelLoadError
 from gapfix.encoders.images import DEFAULT_MAX_PIXELS, decode_image, to_rgb
 from gapfix.errors import InputError, PayloadTooLargeError
@@ -49,8 +53,9 @@ class ClipEncoder:
     """Encode texts and images to L2-normalised float32 vectors with an open_clip model.
 
     Built by `gapfix.encoders.load_encoder`. Thread-safe for concurrent calls (inference only).
-    Attributes: ``dim``, ``model_id``, ``device``, ``precision``, ``max_batch_size``,
-    ``max_pixels``, ``pixel_shape`` (C, H, W), ``context_length``.
+    Attributes: ``dim``, ``model_id``, ``device``, ``precision``, ``backend``,
+    ``max_batch_size``, ``max_pixels``, ``pixel_shape`` (C, H, W), ``context_length``.
+    ``towers`` (default: the model's eager ``encode_image``/``encode_text``) run the forward.
     """
 
     def __init__(
@@ -64,8 +69,12 @@ class ClipEncoder:
         max_batch_size: int = 64,
         model_id: str = "",
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        towers: Towers | None = None,
     ) -> None:
         self.model = model.eval()
+        self.towers = towers or Towers("torch", model.encode_image, model.encode_text)
+        self.backend = self.towers.name
+        self.weight_dtype = next(model.parameters()).dtype
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -73,14 +82,16 @@ class ClipEncoder:
         self.max_batch_size = int(max_batch_size)
         self.model_id = model_id
         self.max_pixels = int(max_pixels)
-        self._autocast_dtype = _AUTOCAST.get(precision) if self.device.type == "cuda" else None
+        self.draft_decode = False  # True: JPEGs decoded at a reduced scale >= the model size
+        lp = self.device.type == "cuda" and self.weight_dtype == torch.float32
+        self._autocast_dtype = _AUTOCAST.get(precision) if lp else None
         self.context_length = int(getattr(tokenizer, "context_length", 0)) or None
         self.pixel_shape: tuple[int, ...] = tuple(preprocess(Image.new("RGB", (8, 8))).shape)
         # One tiny pass per tower: finds the output dimension and checks that they agree.
         with torch.inference_mode(), self._autocast():
-            text_dim = self.model.encode_text(self.tokenizer([""]).to(self.device)).shape[-1]
-            zeros = torch.zeros((1, *self.pixel_shape), device=self.device)
-            image_dim = self.model.encode_image(zeros).shape[-1]
+            text_dim = self.towers.text(self.tokenizer([""]).to(self.device)).shape[-1]
+            zeros = torch.zeros((1, *self.pixel_shape), device=self.device, dtype=self.weight_dtype)
+            image_dim = self.towers.image(zeros).shape[-1]
         if text_dim != image_dim:
             raise ModelLoadError(f"model towers disagree: text dim {text_dim}, image {image_dim}")
         self.dim = int(text_dim)
@@ -88,7 +99,8 @@ class ClipEncoder:
     def __repr__(self) -> str:
         return (
             f"ClipEncoder(model_id={self.model_id!r}, dim={self.dim}, device={self.device}, "
-            f"precision={self.precision}, max_batch_size={self.max_batch_size})"
+            f"precision={self.precision}, backend={self.backend}, "
+            f"max_batch_size={self.max_batch_size})"
         )
 
     def describe(self) -> dict:
@@ -98,6 +110,7 @@ class ClipEncoder:
             "dim": self.dim,
             "device": str(self.device),
             "precision": self.precision,
+            "backend": self.backend,
             "max_batch_size": self.max_batch_size,
             "image_shape": list(self.pixel_shape),
             "context_length": self.context_length,
@@ -133,7 +146,7 @@ class ClipEncoder:
                 if isinstance(item, Image.Image):
                     img = to_rgb(item)
                 elif isinstance(item, bytes | bytearray | memoryview):
-                    img = decode_image(item, self.max_pixels, param=param)
+                    img = decode_image(item, self.max_pixels, param=param, draft=self.draft())
                 else:
                     raise InputError(f"expected image bytes, got {type(item).__name__}", param)
                 self._check_resize(img, param)
@@ -141,6 +154,11 @@ class ClipEncoder:
             if not out:
                 return torch.zeros((0, *self.pixel_shape))
             return torch.stack(out)
+
+    def draft(self, at_least: int = 0) -> int | None:
+        """The ``draft`` size for `decode_image`: the model's input side (or ``at_least``, if
+        larger) when ``draft_decode`` is set, else None (full decode)."""
+        return max(max(self.pixel_shape[1:]), at_least) if self.draft_decode else None
 
     def _check_resize(self, img: Image.Image, param: str) -> None:
         # A resize of the shorter side to the model size blows up extreme aspect ratios.
@@ -154,18 +172,33 @@ class ClipEncoder:
     # ---- core ---------------------------------------------------------------------------
 
     def forward_texts(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Text tower on token ids, in chunks of ``max_batch_size`` -> (n, dim) float32."""
+        """Text tower on token ids, in chunks of ``max_batch_size`` -> (n, dim) float32.
+
+        Where the tower allows it (``towers.text_lengths``), texts are sorted by length and each
+        chunk is cut to its longest text: the padding after it costs nothing.
+        """
         if tokens.ndim != 2:
             raise InputError(f"tokens must be 2-D (n, context), got shape {tuple(tokens.shape)}")
-        return self._forward(self.model.encode_text, tokens, "text")
+        lengths_of = self.towers.text_lengths
+        if lengths_of is None or tokens.shape[0] == 0:
+            return self._forward(self.towers.text, tokens, "text")
+        lengths = lengths_of(tokens)
+        order = torch.argsort(lengths, stable=True)
+        ends = lengths[order]
+
+        def cut(start: int, chunk: torch.Tensor) -> torch.Tensor:
+            return chunk[:, : int(ends[start : start + chunk.shape[0]].max())]
+
+        out = self._forward(self.towers.text, tokens[order], "text", cut=cut)
+        return out[torch.argsort(order.to(out.device))]
 
     def forward_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Image tower on preprocessed pixels (n, C, H, W) -> (n, dim) float32 features.
 
-        Pixels of another float dtype are cast to float32 (the weights' dtype).
+        Pixels are cast to the weights' dtype (float32, or fp16/bf16 on GPU).
         """
         self.check_pixels(pixels)
-        return self._forward(self.model.encode_image, pixels.float(), "image")
+        return self._forward(self.towers.image, pixels, "image", self.weight_dtype)
 
     def check_pixels(self, pixels: torch.Tensor) -> None:
         """Raise `InputError` unless ``pixels`` is a float tensor of shape (n, *pixel_shape)."""
@@ -178,7 +211,14 @@ class ClipEncoder:
                 param="images",
             )
 
-    def _forward(self, fn: Callable, x: torch.Tensor, modality: str) -> torch.Tensor:
+    def _forward(
+        self,
+        fn: Callable,
+        x: torch.Tensor,
+        modality: str,
+        dtype: torch.dtype | None = None,
+        cut: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         n = x.shape[0]
         if n == 0:
             return torch.zeros((0, self.dim), device=self.device)
@@ -186,7 +226,10 @@ class ClipEncoder:
         with _timed(_CORE), torch.inference_mode(), self._autocast():
             outs = []
             for start in range(0, n, self.max_batch_size):
-                chunk = x[start : start + self.max_batch_size].to(self.device, non_blocking=True)
+                chunk = x[start : start + self.max_batch_size]
+                if cut is not None:
+                    chunk = cut(start, chunk)
+                chunk = chunk.to(self.device, dtype=dtype or chunk.dtype, non_blocking=True)
                 sizes.observe(chunk.shape[0])
                 outs.append(fn(chunk).float())
             out = outs[0] if len(outs) == 1 else torch.cat(outs)

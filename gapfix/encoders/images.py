@@ -37,8 +37,13 @@ def decode_image(
     data: bytes | bytearray | memoryview,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     param: str | None = None,
+    draft: int | None = None,
 ) -> Image.Image:
     """Decode JPEG/PNG/WebP/GIF (first frame) bytes to an RGB image, EXIF orientation applied.
+
+    ``draft`` (pixels): a JPEG may be decoded scaled down by 1/2, 1/4 or 1/8 in the DCT
+    (Pillow's ``draft``) as long as both sides stay >= ``draft``: several times faster for
+    photos much larger than the model's input, and close to, not bit-equal with, a full decode.
 
     The pixel count is read from the header and checked against ``max_pixels`` before any
     pixel data is decoded. Raises `PayloadTooLargeError` for images over the limit (and for
@@ -63,6 +68,8 @@ def decode_image(
         raise InputError(f"cannot decode image: not a valid {accepted} file", param) from e
     try:
         check_pixels(src.width, src.height, max_pixels, param)
+        if draft and src.format == "JPEG":
+            src.draft(None, (int(draft), int(draft)))
         src.load()  # first frame only for animated GIF/WebP
         return to_rgb(ImageOps.exif_transpose(src))
     except InputError:

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from gapfix.encoders.backends import check_backend, make_towers, to_precision
 from gapfix.encoders.configs import register_model_configs
 from gapfix.encoders.encoder import ClipEncoder
 from gapfix.encoders.errors import ModelLoadError
@@ -107,11 +108,15 @@ def preload_encoder(
     device: str = "auto",
     precision: str = "auto",
     cache_dir: str | os.PathLike | None = None,
+    backend: str = "torch",
 ) -> ClipEncoder:
     """Load an encoder now and hand it to the next `load_encoder` call for the same model,
-    weights, device, precision and cache (once). ``gapfix serve`` uses it so that a broken
-    checkpoint is a one-line error before the server starts, and the model still loads once."""
-    encoder = load_encoder(model, pretrained, device, precision, cache_dir=cache_dir)
+    weights, device, precision and cache (once), and the same backend unless that call leaves
+    ``backend`` unset. ``gapfix serve`` uses it so that a broken checkpoint is a one-line error
+    before the server starts, and the model still loads once."""
+    encoder = load_encoder(
+        model, pretrained, device, precision, cache_dir=cache_dir, backend=backend
+    )
     dev = resolve_device(device)
     key = _handoff_key(model, pretrained, dev, resolve_precision(precision, dev),
                        str(cache_dir) if cache_dir is not None else None)  # fmt: skip
@@ -129,25 +134,35 @@ def load_encoder(
     cache_dir: str | os.PathLike | None = None,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    backend: str | None = None,
 ) -> ClipEncoder:
     """Load an open_clip model with its preprocessing and tokenizer as a `ClipEncoder`.
 
     ``model`` is any ``open_clip.list_models()`` name (plus gapfix's own configs such as
     ``gapfix-tiny``), ``hf-hub:org/repo`` or ``local-dir:/path``; ``pretrained`` a tag, a
     checkpoint path, ``hf-hub:org/repo`` or ``none``. ``device``: ``auto`` (cuda if available,
-    else cpu) or a torch device string; ``precision``: ``auto`` (bf16/fp16 autocast on GPU,
-    fp32 on CPU), ``fp32``, ``fp16`` or ``bf16``. Raises `ModelLoadError` (fast, with
+    else cpu) or a torch device string; ``precision``: ``auto`` (bf16, else fp16, weights
+    on GPU; fp32 on CPU), ``fp32``, ``fp16`` or ``bf16`` (the weights are converted: GPU
+    only); ``backend``: ``torch`` (default), ``onnx`` (ONNX Runtime, CPU; exported once into
+    ``cache_dir``/onnx or ~/.cache/gapfix/onnx) or ``compile`` (`gapfix.encoders.backends`).
+    Raises `ModelLoadError` (fast, with
     instructions) when weights cannot be found or fetched, `InputError` for bad settings.
     """
     if not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise InputError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
     if max_pixels < 1:
         raise InputError(f"max_pixels must be positive, got {max_pixels!r}", param="max_pixels")
+    wanted = None if backend is None else check_backend(backend)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     cache = str(cache_dir) if cache_dir is not None else None
+    key = _handoff_key(model, pretrained, dev, prec, cache)
     with _HANDOFF_LOCK:
-        ready = _HANDOFF.pop(_handoff_key(model, pretrained, dev, prec, cache), None)
+        ready = _HANDOFF.get(key)
+        if ready is not None and wanted in (None, ready.backend):
+            del _HANDOFF[key]
+        else:
+            ready = None
     if ready is not None:  # loaded by preload_encoder (gapfix serve); runtime limits are ours
         ready.max_batch_size, ready.max_pixels = max_batch_size, int(max_pixels)
         logger.info("using the encoder preloaded for %s", ready.model_id)
@@ -166,12 +181,22 @@ def load_encoder(
                 src.model,
                 pretrained=src.pretrained,
                 device=dev,
-                precision="fp32",  # weights stay fp32; half precision is autocast on GPU
+                precision="fp32",  # converted below, after the weights are loaded
                 cache_dir=cache,
                 pretrained_text=src.kind != "random",
                 **src.preprocess,
             )
         tokenizer = open_clip.get_tokenizer(src.model, cache_dir=cache)
+        clip_model = to_precision(clip_model.eval(), prec)
+        towers = make_towers(
+            clip_model,
+            wanted or "torch",
+            dev,
+            cache_dir=cache,
+            pixel_shape=tuple(preprocess(_blank()).shape),
+            context_length=int(getattr(tokenizer, "context_length", 0)) or None,
+            arch=src.model,
+        )
         encoder = ClipEncoder(
             clip_model,
             preprocess,
@@ -181,6 +206,7 @@ def load_encoder(
             max_batch_size=max_batch_size,
             model_id=src.model_id,
             max_pixels=max_pixels,
+            towers=towers,
         )
     except GapfixError:
         raise
@@ -190,8 +216,17 @@ def load_encoder(
             + (offline_hint(model) if src.kind in ("tag", "hub") else ""),
             param="pretrained" if src.kind in ("file", "tag", "hub") else "model",
         ) from e
-    logger.info("loaded encoder %s on %s (%s), dim %d", src.model_id, dev, prec, encoder.dim)
+    logger.info(
+        "loaded encoder %s on %s (%s, backend %s), dim %d",
+        src.model_id, dev, prec, encoder.backend, encoder.dim,
+    )  # fmt: skip
     return encoder
+
+
+def _blank():
+    from PIL import Image
+
+    return Image.new("RGB", (8, 8))
 
 
 @contextlib.contextmanager
@@ -235,7 +270,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """Autocast dtype name: ``auto`` = bf16 (or fp16) on GPU, fp32 elsewhere."""
+    """Weights' dtype name: ``auto`` = bf16 (or fp16) on GPU, fp32 elsewhere."""
     if precision not in PRECISIONS:
         raise InputError(
             f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}",

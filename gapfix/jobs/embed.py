@@ -54,6 +54,8 @@ class EmbedOptions:
     thumbnail_size: int = 0  # > 0: keep a JPEG thumbnail (longest side, px) of each image
     device: str = "auto"
     precision: str = "auto"
+    backend: str = "torch"  # torch | onnx | compile (gapfix.encoders.backends)
+    exact_decode: bool = False  # False: JPEGs decoded at a reduced scale >= the model input
     prefetch: int = 4  # batches each worker prepares ahead
     ray: str | None = None  # None: single machine; "local" or a cluster address
     progress: str = "auto"  # auto | bar | log | off
@@ -68,6 +70,9 @@ class EmbedOptions:
         if self.workers is not None and self.workers < 0:
             raise InputError("--workers must be >= 0", param="workers")
         check_mode(self.progress)
+        from gapfix.encoders.backends import check_backend
+
+        self.backend = check_backend(self.backend)
 
     def spec(self) -> ModelSpec:
         return ModelSpec(
@@ -77,6 +82,7 @@ class EmbedOptions:
             self.precision,
             max(self.batch_size, 1),
             self.max_pixels,
+            self.backend,
         )
 
 
@@ -146,7 +152,9 @@ def run_local(
     from torch.utils.data import DataLoader
 
     workers = default_workers() if opts.workers is None else opts.workers
-    preparer = make_preparer(encoder, opts.max_pixels, opts.thumbnail_size)
+    preparer = make_preparer(
+        encoder, opts.max_pixels, opts.thumbnail_size, draft=not opts.exact_decode
+    )
     sampler = _Descriptors(lambda: _batches(source, plan, pending, opts.batch_size))
     loader_kw: dict[str, Any] = {}
     if workers > 0:
@@ -220,7 +228,7 @@ def run_embed(
     if encoder is None:
         spec = opts.spec()
         if opts.ray:  # the driver only needs dim, id and the CPU stage; actors load their own
-            spec = dataclasses.replace(spec, device="cpu")
+            spec = dataclasses.replace(spec, device="cpu", backend="torch")
         encoder = spec.load()
     dim = int(encoder.dim)
     input_info = {
@@ -266,7 +274,9 @@ def run_embed(
             if pool is not None:
                 from gapfix.jobs.ray_backend import run_embed_ray
 
-                preparer = make_preparer(encoder, opts.max_pixels, opts.thumbnail_size)
+                preparer = make_preparer(
+                    encoder, opts.max_pixels, opts.thumbnail_size, draft=not opts.exact_decode
+                )
 
                 def produce(on_result: Callable[[ShardResult], None]) -> None:
                     timing.update(

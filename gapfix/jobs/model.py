@@ -30,6 +30,7 @@ class ModelSpec:
     precision: str = "auto"
     max_batch_size: int = 64
     max_pixels: int = DEFAULT_MAX_PIXELS
+    backend: str = "torch"
 
     def load(self) -> Any:
         from gapfix.encoders import load_encoder
@@ -41,25 +42,33 @@ class ModelSpec:
             precision=self.precision,
             max_batch_size=self.max_batch_size,
             max_pixels=self.max_pixels,
+            backend=self.backend,
         )
 
 
-def cpu_stage(encoder: Any, max_pixels: int | None = None) -> Any:
+def cpu_stage(encoder: Any, max_pixels: int | None = None, draft: bool = False) -> Any:
     """A shallow copy of ``encoder`` without its weights: its pre-stage methods
     (``preprocess_images``, ``tokenize``) work, and it pickles small (workers, Ray tasks).
-    ``max_pixels`` overrides the encoder's image pixel limit."""
+    ``max_pixels`` overrides the encoder's image pixel limit; ``draft``: JPEGs are decoded at
+    a reduced scale no smaller than the model's input (`gapfix.encoders.decode_image`)."""
     import copy
 
     light = copy.copy(encoder)
     light.model = None
+    if hasattr(light, "towers"):  # ONNX sessions and compiled graphs do not pickle
+        light.towers = None
     if max_pixels is not None:
         light.max_pixels = int(max_pixels)
+    if draft:
+        light.draft_decode = True
     return light
 
 
-def make_preparer(encoder: Any, max_pixels: int | None = None, thumbnail_size: int = 0) -> Preparer:
+def make_preparer(
+    encoder: Any, max_pixels: int | None = None, thumbnail_size: int = 0, draft: bool = False
+) -> Preparer:
     """The CPU stage (read, decode, preprocess, tokenize; thumbnails) of ``encoder``."""
-    return Preparer(cpu_stage(encoder, max_pixels), thumbnail_size)
+    return Preparer(cpu_stage(encoder, max_pixels, draft), thumbnail_size)
 
 
 def forward_images(encoder: Any, pixels: Any) -> np.ndarray:

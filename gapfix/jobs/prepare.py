@@ -128,7 +128,10 @@ class Preparer:
             return self.stage.preprocess_images([data])[0], None
         from gapfix.encoders import decode_image
 
-        img = decode_image(data, self.stage.max_pixels)
+        draft = getattr(self.stage, "draft", None)
+        img = decode_image(
+            data, self.stage.max_pixels, draft=draft(self.thumbnail_size) if draft else None
+        )
         tensor = self.stage.preprocess_images([img])[0]
         return tensor, jpeg_thumbnail(img, self.thumbnail_size)
 
