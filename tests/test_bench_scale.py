@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -99,3 +100,14 @@ def test_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("scale: ") and "\n" not in err
+
+
+def test_an_n_whose_store_would_not_fit_on_the_disk_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(scale.shutil, "disk_usage", lambda _: SimpleNamespace(free=2**20))
+    out = tmp_path / "scale.json"
+    argv = ["--n", "100000", "--kinds", "hnsw", "--dir", str(tmp_path), "--out", str(out)]
+    assert scale.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    # 100k x (4,100 B of SQLite + 2,346 B of HNSW) x 1.1
+    assert err.startswith("scale: --n 100000 needs an estimated 0.7 GiB of disk under ")
+    assert err.endswith("more than the 0.0 GiB free") and not out.exists()
