@@ -111,3 +111,12 @@ def test_an_n_whose_store_would_not_fit_on_the_disk_is_refused(tmp_path, capsys,
     # 100k x (4,100 B of SQLite + 2,346 B of HNSW) x 1.1
     assert err.startswith("scale: --n 100000 needs an estimated 0.7 GiB of disk under ")
     assert err.endswith("more than the 0.0 GiB free") and not out.exists()
+
+
+def test_python_m_benchmarks_scale_runs_the_scale_module(capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["scale", "--n", "10"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "scale: --n must be at least 1000, got 10"
