@@ -175,6 +175,7 @@ def run_kind(kind: str, a: argparse.Namespace, root: Path, rss: RssPeak) -> dict
     row: dict[str, Any] = {"kind": kind, "n": a.n, "dim": DIM}
     try:
         base = rss_bytes()
+        row["start_rss_gib"] = base / GIB
         rss.reset()
         store = Store(ddir, use_gpu=False, flush_interval=None)
         coll = store.create_collection("scale", index=kind, dim=DIM)

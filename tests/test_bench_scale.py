@@ -31,6 +31,7 @@ FIELDS = {
     "switch_search_p99_ms",
     "switch_peak_rss_gib",
     "peak_rss_gib",
+    "start_rss_gib",
     "estimated_peak_gib",
 }
 
@@ -65,7 +66,8 @@ def test_main_at_tiny_n_prints_the_table_and_writes_the_json(tmp_path, capsys):
         assert set(r) >= FIELDS
         assert r["n"] == 2000 and r["switch_ok"] is True and r["switch_errors"] == 0
         assert r["switch_searches"] > 0 and r["ingest_per_s"] > 0 and r["search_qps"] > 0
-        assert r["peak_rss_gib"] <= r["estimated_peak_gib"]
+        # compare what the run itself added (this process may hold other tests' imports)
+        assert r["peak_rss_gib"] - r["start_rss_gib"] <= r["estimated_peak_gib"]
     # 2,000 vectors: HNSW is near exact; ivfpq stays exact (untrained below train_size)
     assert rows[0]["recall_at_10"] >= 0.97
     assert rows[1]["recall_at_10"] == 1.0
