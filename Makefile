@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install test test-fast lint format run bench gpu-check clean
+.PHONY: install test test-fast lint format run bench bench-scale gpu-check clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 	@# The loopback load benchmark (benchmarks/bench_load.py) drives the server with Debian's wrk.
 	@if [ "$$(id -u)" = 0 ]; then command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk); fi
 	$(PY) -m benchmarks
+
+bench-scale: $(STAMP)
+	@# opt-in: millions of vectors through the store (e.g. SCALE_ARGS="--n 1000000 --kinds ivfpq")
+	$(PY) -m benchmarks.scale $(SCALE_ARGS)
 
 gpu-check: $(STAMP)
 	@# the gpu-marked tests + GPU benchmarks + one table; run it on a machine with a CUDA GPU

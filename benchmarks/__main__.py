@@ -2,6 +2,7 @@
 
 Each module exposes ``run() -> list[BenchResult]``. ``python -m benchmarks [name ...]`` runs the
 named modules only (e.g. ``transforms``). Results also go to ``bench-results/latest.json``.
+``python -m benchmarks scale ARGS`` runs the opt-in scale benchmark (``benchmarks.scale``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ def _modules(selected: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["scale"]:  # opt-in: never part of a plain run
+        from benchmarks import scale
+
+        return scale.main(argv[1:])
     console = Console()
     results: list[BenchResult] = []
     for name in _modules(argv):
