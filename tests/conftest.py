@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +73,15 @@ def make_gapped(n: int, d: int = 64, gap: float = 0.8, seed: int = 0, noise: flo
 @pytest.fixture
 def gapped() -> tuple[np.ndarray, np.ndarray]:
     return make_gapped(400)
+
+
+@pytest.fixture(autouse=True)
+def _restore_gapfix_environment():
+    """`gapfix serve` run in-process (CliRunner) writes its flags to ``GAPFIX_*`` variables for
+    the app factory; put the environment back after every test so none leaks into the next
+    (a leaked ``GAPFIX_STORE`` made every later server start refuse its store)."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("GAPFIX_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("GAPFIX_") and k not in before]:
+        del os.environ[key]
+    os.environ.update(before)

@@ -54,7 +54,7 @@ def drop_all_milvus(uri: str) -> None:
     """Empty the test Milvus server (every collection, ``gapfix_meta`` included)."""
     from gapfix.store.milvus.conn import connect, parse_store_uri
 
-    mc = connect(parse_store_uri(uri))
+    mc = connect(parse_store_uri(uri), timeout=30.0)  # a loaded machine: Milvus Lite is slow
     for name in mc.list_collections():
         mc.drop_collection(name)
     mc.close()

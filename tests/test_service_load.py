@@ -111,8 +111,10 @@ def test_overload_is_refused_quickly_and_accepted_requests_stay_within_budget(
     concurrent clients as it serves requests within its queue budget. The excess gets 429 (Retry-After in the header and the envelope)
     at once; the accepted requests are answered within 2x the queue budget (plus what the
     client itself adds on this shared machine, measured on the requests refused at once)."""
-    budget = Settings().queue_budget_ms / 1000  # the default: 1 s
-    env = {"GAPFIX_SEARCH_BATCH_ROWS": "1"}
+    # a budget small enough that 48 clients overload even a fast machine (the default 1 s
+    # needs ~4 x its q/s in clients: an idle machine serving 100+ q/s was never overloaded)
+    budget = Settings(queue_budget_ms=100).queue_budget_ms / 1000
+    env = {"GAPFIX_SEARCH_BATCH_ROWS": "1", "GAPFIX_QUEUE_BUDGET_MS": "100"}
     queries = populate(tmp_path / "data", 60_000)
     with server(tmp_path / "data", tmp_path / "serve.log", env) as url:
         bodies = [json.dumps(search_body(q)).encode() for q in queries]  # encoded once
