@@ -28,6 +28,7 @@ current job, superseding, ``wait`` raising ConflictError for a superseded reques
 from __future__ import annotations
 
 import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,6 +59,30 @@ class RawVectors:
     pair_image: np.ndarray
     pair_text: np.ndarray
     counts: dict[str, int]
+
+    @classmethod
+    def collect(
+        cls,
+        chunks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+        dim: int,
+        counts: dict[str, int],
+    ) -> RawVectors:
+        """Concatenate ``(image, text, has_image, has_text)`` row chunks of a backend's scan:
+        each modality's present vectors, and the pairs of items that have both."""
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "text", "pi", "pt")}
+        for image, text, has_image, has_text in chunks:
+            parts["image"].append(image[has_image])
+            parts["text"].append(text[has_text])
+            doc = has_image & has_text
+            parts["pi"].append(image[doc])
+            parts["pt"].append(text[doc])
+
+        def cat(xs: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(xs) if xs else np.zeros((0, dim), np.float32)
+
+        return cls(
+            cat(parts["image"]), cat(parts["text"]), cat(parts["pi"]), cat(parts["pt"]), counts
+        )
 
 
 @runtime_checkable

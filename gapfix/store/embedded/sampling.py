@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -23,26 +24,14 @@ class Sampling(CollectionState):
         """All stored raw embeddings from one consistent snapshot (for fitting transforms)."""
         self._check_open()
         dim = self._dim or 0
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "text", "pi", "pt")}
-        if self._dim is not None:
-            with self._reading(), self._db.snapshot() as conn:
-                for rows in self._db.iter_rows(conn, dim):
-                    parts["image"].append(rows.image[rows.has_image])
-                    parts["text"].append(rows.text[rows.has_text])
-                    doc = rows.has_image & rows.has_text
-                    parts["pi"].append(rows.image[doc])
-                    parts["pt"].append(rows.text[doc])
-
-        def cat(xs: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate(xs) if xs else np.zeros((0, dim), np.float32)
-
-        return RawVectors(
-            cat(parts["image"]),
-            cat(parts["text"]),
-            cat(parts["pi"]),
-            cat(parts["pt"]),
-            self.counts(),
-        )
+        if self._dim is None:
+            return RawVectors.collect([], dim, self.counts())
+        with self._reading(), self._db.snapshot() as conn:
+            chunks = (
+                (r.image, r.text, r.has_image, r.has_text) for r in self._db.iter_rows(conn, dim)
+            )
+            vectors = RawVectors.collect(chunks, dim, {})  # one chunk in memory at a time
+        return dataclasses.replace(vectors, counts=self.counts())
 
     def gap_statistics(self, max_rows: int = 5000) -> dict[str, Any]:
         """Gap statistics of the stored vectors, raw and corrected (``gapfix.stats``).

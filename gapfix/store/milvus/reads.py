@@ -174,25 +174,13 @@ class Reads:
         """All stored raw embeddings (for fitting transforms)."""
         self._check_open()
         dim = self.dim or 0
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("image", "text", "pi", "pt")}
-        for rows in self._iterate(R.COMPONENT_FIELDS):
-            c = R.Components.from_rows(rows, dim)
-            parts["image"].append(c.image[c.has_image])
-            parts["text"].append(c.text[c.has_text])
-            doc = c.has_image & c.has_text
-            parts["pi"].append(c.image[doc])
-            parts["pt"].append(c.text[doc])
-
-        def cat(xs: list[np.ndarray]) -> np.ndarray:
-            return np.concatenate(xs) if xs else np.zeros((0, dim), np.float32)
-
-        return RawVectors(
-            cat(parts["image"]),
-            cat(parts["text"]),
-            cat(parts["pi"]),
-            cat(parts["pt"]),
-            self.counts(),
+        chunks = (
+            (c.image, c.text, c.has_image, c.has_text)
+            for c in (
+                R.Components.from_rows(rows, dim) for rows in self._iterate(R.COMPONENT_FIELDS)
+            )
         )
+        return RawVectors.collect(chunks, dim, self.counts())
 
     @milvus_call
     def gap_statistics(self, max_rows: int = 5000) -> dict[str, Any]:
