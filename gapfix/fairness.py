@@ -61,6 +61,13 @@ def _indices(text: str, n_classes: int, param: str) -> np.ndarray:
     return _check_indices(np.asarray(idx, dtype=np.int64), n_classes, param)
 
 
+def check_harmful(harmful: dict[str, Any], n_classes: int) -> dict[str, np.ndarray]:
+    """``category -> class indices`` with every index a valid class of ``n_classes``."""
+    return {
+        k: _check_indices(np.asarray(v).ravel(), n_classes, "harmful") for k, v in harmful.items()
+    }
+
+
 def _check_indices(idx: np.ndarray, n_classes: int, param: str) -> np.ndarray:
     if idx.ndim != 1 or idx.size == 0:
         raise InputError(f"{param}: needs at least one class index", param)
@@ -178,10 +185,7 @@ def fairness_audit(
     class_text = check_embeddings(class_text, "text", min_rows=2)
     check_same_dim(image, class_text)
     g = check_groups(groups, image.shape[0])
-    sets = {
-        k: _check_indices(np.asarray(v).ravel(), class_text.shape[0], "harmful")
-        for k, v in harmful.items()
-    }
+    sets = check_harmful(harmful, class_text.shape[0])
     lab = None if labels is None else check_labels(labels, image.shape[0], class_text.shape[0])
     result = {"raw": audit_one(normalized(image), normalized(class_text), g, sets, lab)}
     if transform is not None:
@@ -226,6 +230,7 @@ __all__ = [
     "ANY",
     "audit_one",
     "check_groups",
+    "check_harmful",
     "fair_objective",
     "fairness_audit",
     "group_rates",

@@ -25,6 +25,21 @@ ImageOpt = Annotated[
 ]
 TextOpt = Annotated[str, typer.Option("--text", help="Text embeddings (same formats)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+GroupsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--groups",
+        help="Fairness: a group label per image row; --text holds one row per class",
+    ),
+]
+HarmfulOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--harmful",
+        help="Class indices counted harmful: 'i,j', 'NAME=i,j' or a file (repeatable, "
+        "one category each)",
+    ),
+]
 LabelsOpt = Annotated[
     str | None,
     typer.Option(
@@ -135,9 +150,11 @@ def fit(
     ] = None,
     objective: Annotated[
         str | None,
-        typer.Option("--objective", help="auto only: balanced, retrieval, mixed, zeroshot"),
+        typer.Option("--objective", help="auto only: balanced, retrieval, mixed, zeroshot, fair"),
     ] = None,
     labels: LabelsOpt = None,
+    groups: GroupsOpt = None,
+    harmful: HarmfulOpt = None,
     manifest: Annotated[
         Path | None, typer.Option("--manifest", help="Stream-fit from `gapfix embed` shards")
     ] = None,
@@ -168,7 +185,7 @@ def fit(
             "--query-text",
         )
     if manifest is not None:
-        if image or text or labels or query_text:
+        if image or text or labels or query_text or groups or harmful:
             raise InputError("--manifest replaces --image/--text/--labels", "--manifest")
         from gapfix.jobs.manifest import require_complete
         from gapfix.jobs.shards import iter_embedding_blocks, iter_paired_blocks, read_manifest
@@ -195,6 +212,20 @@ def fit(
             raise InputError("fit needs --image and --text (or --manifest)", "--image")
         x, y = _load_pair(image, text)
         lab = _load_labels(labels)
+        fair: dict[str, Any] = {}
+        if groups is not None or harmful:
+            from gapfix.cli._fairness import check_audit_options, load_groups
+            from gapfix.fairness import parse_harmful
+
+            check_audit_options(groups, harmful)
+            if method != "auto":
+                raise InputError(
+                    "--groups/--harmful are for --method auto --objective fair", "--groups"
+                )
+            fair = {
+                "groups": load_groups(groups),
+                "harmful": parse_harmful(list(harmful or []), y.shape[0]),
+            }
         if lab is not None and method not in ("auto", "contrastive-adapter"):
             raise InputError(
                 "--labels is used by --method auto --objective zeroshot and by "
@@ -208,7 +239,7 @@ def fit(
             )  # fmt: skip
             transform.fit(x, y, query_text=q)
         else:
-            transform.fit(x, y, labels=lab)
+            transform.fit(x, y, labels=lab, **fair)
     transform.save(out, model_id=model_id)
     st = transform.fit_stats_
     if method == "auto":
@@ -299,21 +330,8 @@ def evaluate_cmd(
         Path | None, typer.Option("--transform", help="Artifact to evaluate")
     ] = None,
     labels: LabelsOpt = None,
-    groups: Annotated[
-        str | None,
-        typer.Option(
-            "--groups",
-            help="Fairness audit: a group label per image row; --text holds one row per class",
-        ),
-    ] = None,
-    harmful: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--harmful",
-            help="Class indices counted harmful: 'i,j', 'NAME=i,j' or a file (repeatable, "
-            "one category each)",
-        ),
-    ] = None,
+    groups: GroupsOpt = None,
+    harmful: HarmfulOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Retrieval quality before/after a transform: cross-modal, mixed-modality, zero-shot;

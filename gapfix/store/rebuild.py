@@ -238,9 +238,12 @@ def make_fit(method: str, params: dict[str, Any] | None, objective: str | None) 
     if method == "auto":
         if objective is not None:
             params.setdefault("objective", objective)
-        if params.get("objective", "balanced") == "zeroshot":
+        wanted = params.get("objective", "balanced")
+        if wanted in ("zeroshot", "fair"):
             raise InputError(
-                "objective 'zeroshot' needs class labels; collections have none", "objective"
+                f"objective {wanted!r} needs class labels (and 'fair' image groups); "
+                "collections have none",
+                "objective",
             )
     if params.get("query_text_mean"):
         raise InputError(

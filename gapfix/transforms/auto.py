@@ -127,7 +127,12 @@ class AutoTransform(GapTransform):
             )
         self._wanted_methods()
 
-    def fit(self, image: Any, text: Any, labels: Any = None) -> AutoTransform:
+    def fit(
+        self, image: Any, text: Any, labels: Any = None, *, groups: Any = None, harmful: Any = None
+    ) -> AutoTransform:
+        """Cross-validate the candidates and fit the chosen one on all rows. ``groups`` (one
+        label per image row) and ``harmful`` (category -> class indices) are for
+        ``objective="fair"``."""
         self.validate_params()
         image = check_embeddings(image, "image", min_rows=2)
         text = check_embeddings(text, "text", min_rows=2)
@@ -147,6 +152,9 @@ class AutoTransform(GapTransform):
                     "labels",
                 )
             check_paired(image, text, f"auto with objective {self.objective!r}")
+        self._extra = self._objective_data(
+            objective, image.shape[0], text.shape[0], groups, harmful
+        )
         n, dim = image.shape
         k = min(int(self.folds), n // 2)
         if k < 2:
@@ -179,8 +187,33 @@ class AutoTransform(GapTransform):
             "out_of_fold_identity": {m: base[m] for m in metrics},
             "warnings": _warnings(rows, objective, float(self.tolerance)),
         }
+        self._extra = {}  # the objective's data is not kept with the fitted transform
         self._stale = False
         return self
+
+    def _objective_data(
+        self, objective: selection.Objective, n_image: int, n_class: int, groups: Any, harmful: Any
+    ) -> dict[str, Any]:
+        """The extra data ``objective`` scores with (checked), or {} when it needs none."""
+        if not objective.needs:
+            if groups is not None or harmful is not None:
+                raise InputError(
+                    f"groups and harmful are used by objective 'fair' (got {self.objective!r})",
+                    "groups",
+                )
+            return {}
+        from gapfix.fairness import check_groups, check_harmful
+
+        if groups is None or not harmful:
+            raise InputError(
+                f"objective {self.objective!r} needs --groups (one group label per image row) "
+                "and --harmful (class indices counted harmful)",
+                "groups" if groups is None else "harmful",
+            )
+        return {
+            "groups": check_groups(groups, n_image),
+            "harmful": check_harmful(harmful, n_class),
+        }
 
     def _cross_validate(
         self,
@@ -197,6 +230,7 @@ class AutoTransform(GapTransform):
         scores, folds, ratio = crossval.cross_validate(
             candidates, image, text, lab, folds=k, repeats=max(int(self.repeats), 1),
             seed=int(self.seed), renormalize=self.renormalize, scorer=objective.scorer,
+            extra=self._extra,
         )  # fmt: skip
         base = scores[[m for m, _ in candidates].index("identity")]
         if any(m == "whiten" for m, _ in candidates):
@@ -234,7 +268,7 @@ class AutoTransform(GapTransform):
             if a not in seen:
                 seen[a] = crossval.score_candidate(
                     "whiten", {"shrinkage": a}, image, text, lab, folds, self.renormalize,
-                    objective.scorer,
+                    objective.scorer, self._extra,
                 )  # fmt: skip
             return seen[a]
 

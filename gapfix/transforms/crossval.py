@@ -128,6 +128,7 @@ def cross_validate(
     seed: int = 0,
     renormalize: bool = True,
     scorer: Scorer | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[list[list[dict[str, float]]], list[Fold], float]:
     """Per-fold scores of every candidate: ``scores[c][j]`` for candidate c on fold j.
 
@@ -141,7 +142,7 @@ def cross_validate(
     paired = labels is None
     all_folds = list(make_folds(image, text, folds, repeats, seed, outer, paired))
     scores = [
-        score_candidate(m, p, image, text, labels, all_folds, renormalize, scorer)
+        score_candidate(m, p, image, text, labels, all_folds, renormalize, scorer, extra)
         for m, p in candidates
     ]
     return scores, all_folds, 1.0 / (folds - 1)
@@ -156,6 +157,7 @@ def score_candidate(
     folds: list[Fold],
     renormalize: bool = True,
     scorer: Scorer | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> list[dict[str, float]]:
     """One candidate's metrics on every fold, fitted from the folds' shared moments."""
     from gapfix.transforms import make_transform
@@ -164,7 +166,7 @@ def score_candidate(
     for fold in folds:
         t = make_transform(method, renormalize=renormalize, **params).fit_shared(fold.shared)
         if scorer is not None:
-            s = scorer(t, image, text, labels, fold)
+            s = scorer(t, image, text, labels, fold, **(extra or {}))
         elif labels is None:
             s = paired_scores(t, image, text, fold)
         else:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 SMALL_ROWS = 100
 GAP_CLOSED = 0.5  # a candidate "closes the gap" when its held-out gap is at most this share
 # order of how far each method family moves the data (identity first); unknown methods last
@@ -45,6 +47,7 @@ class Objective:
     paired: bool = True
     guards: tuple[str, ...] = ()
     scorer: Callable[..., dict[str, float]] | None = None
+    needs: tuple[str, ...] = ()  # extra fit data passed to ``scorer`` by keyword
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,22 @@ OBJECTIVE_REGISTRY: dict[str, Objective] = {}
 CANDIDATES: list[Candidate] = []
 
 
+def fair_scores(
+    t: Any, image: np.ndarray, class_text: np.ndarray, labels: np.ndarray, fold: Any, *,
+    groups: np.ndarray, harmful: dict[str, np.ndarray],
+) -> dict[str, float]:  # fmt: skip
+    """``objective="fair"``'s fold metrics: zero-shot top-1 and gap (`zeroshot_scores`) plus
+    ``fair_score`` = minus the worst group's harmful-label rate on the held-out images."""
+    from gapfix.fairness import fair_objective
+    from gapfix.transforms.crossval import zeroshot_scores
+
+    out = zeroshot_scores(t, image, class_text, labels, fold)
+    v = fold.val
+    fair = fair_objective(t, image[v], class_text, labels[v], groups[v], harmful)
+    out["fair_score"] = -float(fair["worst_group_rate"])
+    return out
+
+
 def register_objective(objective: Objective) -> None:
     """Add (or replace) an objective of `auto`."""
     OBJECTIVE_REGISTRY[objective.name] = objective
@@ -89,6 +108,14 @@ for _objective in (
     Objective("retrieval", "R@1_mean"),
     Objective("mixed", "mixed_R@10"),
     Objective("zeroshot", "zeroshot_top1", paired=False),
+    Objective(
+        "fair",
+        "fair_score",
+        paired=False,
+        guards=("zeroshot_top1",),
+        scorer=fair_scores,
+        needs=("groups", "harmful"),
+    ),
 ):
     register_objective(_objective)
 
