@@ -41,22 +41,29 @@ def _answers(uri: str) -> bool:
         client.close()
 
 
-def start_milvus_lite(data_dir: str | Path) -> tuple[subprocess.Popen, str]:
-    """Start a Milvus Lite server on ``data_dir``; returns the process and its ``http://`` URI
-    once it answers. The caller stops it (``proc.terminate()``)."""
+def launch_milvus_lite(data_dir: str | Path, port: int) -> subprocess.Popen:
+    """Start a Milvus Lite server on ``data_dir`` and ``port`` without waiting for it."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     log = open(data_dir.parent / f"{data_dir.name}.milvus.log", "ab")  # noqa: SIM115
     args = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data_dir),
             "--host", HOST, "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
+    try:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        log.close()
+
+
+def start_milvus_lite(data_dir: str | Path) -> tuple[subprocess.Popen, str]:
+    """Start a Milvus Lite server on ``data_dir``; returns the process and its ``http://`` URI
+    once it answers. The caller stops it (``proc.terminate()``)."""
+    port = free_port()
+    proc = launch_milvus_lite(data_dir, port)
     uri = f"http://{HOST}:{port}"
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"milvus_lite server exited with {proc.returncode} (see {log.name})")
+            raise RuntimeError(f"milvus_lite server exited with {proc.returncode} (see {data_dir})")
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
             if _answers(uri):
                 return proc, uri

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from tests.conftest import COCO
-from tests.milvus_server import free_port, start_milvus_lite, stop, store_uri
+from tests.milvus_server import free_port, launch_milvus_lite, start_milvus_lite, stop, store_uri
 from tests.test_api import assert_error, client_for, drop_all_milvus
 
 N_COCO = 250
@@ -130,6 +130,26 @@ def test_a_foreign_milvus_collection_is_a_409_naming_the_field(
     with client_for(tmp_path, store=milvus_store) as again:
         err = assert_error(again.get("/v1/collections/mine"), 409, "conflict")
         assert err["param"] == "text" and "'text' is missing" in err["message"]
+
+
+def test_connect_retries_a_refused_first_call_until_the_server_answers(tmp_path: Path) -> None:
+    """A server still starting (or one that just closed the shared gRPC connection) refuses
+    the first call; connect backs off and retries instead of failing the store or the job."""
+    import time
+
+    from gapfix.store.milvus.conn import CONNECT_RETRY_S, MilvusTarget, connect
+
+    port = free_port()
+    proc = launch_milvus_lite(tmp_path / "late", port)
+    try:
+        t0 = time.monotonic()
+        client = connect(MilvusTarget(f"http://127.0.0.1:{port}"), timeout=30)
+        took = time.monotonic() - t0
+        assert client.list_collections() == []
+        client.close()
+        assert 0.05 < took < CONNECT_RETRY_S  # it waited for the start, within the window
+    finally:
+        stop(proc)
 
 
 def test_milvus_down_mid_request_is_a_503_in_the_envelope(tmp_path: Path) -> None:

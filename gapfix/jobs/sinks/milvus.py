@@ -14,6 +14,7 @@ from pymilvus.exceptions import ConnectError, MilvusException, MilvusUnavailable
 
 from gapfix.errors import InputError
 from gapfix.jobs.sinks import Sink, SinkRows, SinkSpec, SinkUnavailable, one_line
+from gapfix.store.milvus.conn import MilvusTarget, StoreUnavailableError, connect
 
 ID_MAX_LENGTH = 1024
 MODALITY_MAX_LENGTH = 16
@@ -34,17 +35,17 @@ class MilvusSink(Sink):
         _quiet_pymilvus()
         self.spec = spec
         self.timeout = timeout
-        scheme = "https" if spec.scheme == "milvus+https" else "http"
         try:
-            self.client = MilvusClient(
-                uri=f"{scheme}://{spec.host}:{spec.port}",
+            scheme = "https" if spec.scheme == "milvus+https" else "http"
+            host = f"[{spec.host}]" if ":" in spec.host else spec.host
+            self.client = connect(
+                MilvusTarget(f"{scheme}://{host}:{spec.port}", spec.db),
                 token=spec.secret,
-                db_name=spec.db,
                 timeout=timeout,
             )
-        except Exception as exc:
+        except StoreUnavailableError as exc:
             raise SinkUnavailable(
-                f"cannot connect to Milvus at {spec.display}: {one_line(exc)}"
+                f"cannot connect to Milvus at {spec.display}: {exc.message}"
             ) from None
 
     def prepare(self, dim: int) -> str:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -87,9 +89,16 @@ def parse_store_uri(value: str, secure: bool = False) -> MilvusTarget:
     return MilvusTarget(f"{'https' if secure else 'http'}://{host}:{port}", db)
 
 
+CONNECT_RETRY_S = 10.0  # how long a refused connect is retried (at most the timeout)
+CONNECT_BACKOFF_S = (0.1, 0.2, 0.5, 1.0)  # then every 1 s
+
+
 def connect(target: MilvusTarget, token: str = "", timeout: float = 10.0, **tls: Any) -> Any:
     """A ``MilvusClient`` for ``target``; StoreUnavailableError when it cannot connect.
 
+    A refused first call (the server is still starting, or it just closed the shared gRPC
+    connection with a GOAWAY) is retried with a short backoff for up to ``CONNECT_RETRY_S``
+    (at most ``timeout``).
     ``tls``: pymilvus's own keywords (``server_pem_path``, ``server_name``, ``ca_pem_path``,
     ``client_pem_path``, ``client_key_path``); empty values are left out.
     """
@@ -102,16 +111,38 @@ def connect(target: MilvusTarget, token: str = "", timeout: float = 10.0, **tls:
     plog = logging.getLogger("pymilvus")
     level = plog.level
     plog.setLevel(logging.CRITICAL)  # pymilvus logs a traceback per failed connect
+    start = time.monotonic()
+    deadline, retry_until = start + timeout, start + min(timeout, CONNECT_RETRY_S)
     try:
-        return MilvusClient(
-            uri=target.uri, token=token, db_name=target.db_name, timeout=timeout, **kwargs
-        )
-    except Exception as exc:
-        raise StoreUnavailableError(
-            f"cannot reach Milvus at {target.address}: {_reason(exc)}"
-        ) from None
+        for attempt in itertools.count():
+            try:
+                return MilvusClient(
+                    uri=target.uri,
+                    token=token,
+                    db_name=target.db_name,
+                    timeout=max(deadline - time.monotonic(), 0.5),
+                    **kwargs,
+                )
+            except Exception as exc:
+                pause = CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S) - 1)]
+                if not _retryable(exc) or time.monotonic() + pause > retry_until:
+                    raise StoreUnavailableError(
+                        f"cannot reach Milvus at {target.address}: {_reason(exc)}"
+                    ) from None
+                time.sleep(pause)
+        raise AssertionError("unreachable")
     finally:
         plog.setLevel(level)
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A failed connect that may succeed on a second try (not bad credentials or TLS files)."""
+    from pymilvus.exceptions import MilvusException
+
+    text = _reason(exc).lower()
+    if any(w in text for w in ("auth", "credential", "password", "permission", "pem")):
+        return False
+    return isinstance(exc, MilvusException) or type(exc).__module__.startswith("grpc")
 
 
 def _reason(exc: BaseException) -> str:
