@@ -157,7 +157,9 @@ def test_overload_is_refused_quickly_and_accepted_requests_stay_within_budget(
     assert len(at_once) >= len(refused) / 2, (len(at_once), len(refused))
     # what the client and the loaded machine add to a request the server answers at once
     overhead = np.percentile(at_once, [50, 99])
-    assert overhead[0] < budget, overhead  # median 0.24-0.7 s measured, load average 7-14
+    # refused quickly: faster than an answer (an absolute bound would test the machine's load:
+    # the client alone took a median 0.10 s once in CI, 0.24-0.7 s at load average 7-14)
+    assert overhead[0] < np.percentile(ok, 50), (overhead, np.percentile(ok, 50))
     # accepted: within 2x the budget, plus that same client-side overhead at the same percentile
     assert np.percentile(ok, 99) <= 2 * budget + overhead[1], (np.percentile(ok, 99), overhead)
     for _, r in refused[:20]:
