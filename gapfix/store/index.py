@@ -10,9 +10,10 @@ not thread-safe) and filters by over-fetching, since selectors are CPU-only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import faiss
@@ -38,6 +39,28 @@ from gapfix.store.items import MODALITY_CODE
 log = logging.getLogger(__name__)
 
 GPU_MAX_K = 2048
+# Smaller query batches search on one OpenMP thread. FAISS parallelises over the queries, so a
+# few queries gain nothing from a thread team, and on a busy machine (a server sharing its cores
+# with clients, encoders, other searches) the team's wait cost dominates: with 2 threads on the
+# shared 2-core machine, HNSW at 4 queries a call ran 1.7k q/s vs 38k on one thread, and flat
+# 100k x 512 at 1 query 30 vs 100 q/s (``python -m benchmarks omp`` measures it).
+SERIAL_BELOW_NQ = 32
+
+
+@contextlib.contextmanager
+def omp_threads(n: int | None) -> Iterator[None]:
+    """FAISS's OpenMP threads for this thread's calls (``None``: leave them). OpenMP keeps the
+    setting per thread, so concurrent searches in other threads are not affected."""
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
 
 __all__ = ["GPU_MAX_K", "INDEX_KINDS", "IndexParams", "VectorIndex", "gpu_available"]
 
@@ -245,6 +268,12 @@ class VectorIndex:
             # the over-fetch cap can leave a selective filter short: search the CPU index then
             if gpu is not None and (self.ntotal <= GPU_MAX_K or (found[1] >= 0).all()):
                 return found
+        with omp_threads(1 if nq < SERIAL_BELOW_NQ else None):
+            return self._cpu_search(q, k, modalities)
+
+    def _cpu_search(
+        self, q: np.ndarray, k: int, modalities: Sequence[str] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if not self.use_selectors:
             return over_fetch_search(self, self.index, q, k, modalities, None)
         keep: list[Any] = []
