@@ -39,12 +39,13 @@ from gapfix.store.items import MODALITY_CODE
 log = logging.getLogger(__name__)
 
 GPU_MAX_K = 2048
-# Smaller query batches search on one OpenMP thread. FAISS parallelises over the queries, so a
-# few queries gain nothing from a thread team, and on a busy machine (a server sharing its cores
-# with clients, encoders, other searches) the team's wait cost dominates: with 2 threads on the
-# shared 2-core machine, HNSW at 4 queries a call ran 1.7k q/s vs 38k on one thread, and flat
-# 100k x 512 at 1 query 30 vs 100 q/s (``python -m benchmarks omp`` measures it).
-SERIAL_BELOW_NQ = 32
+# A single query searches on one OpenMP thread. FAISS parallelises over the queries (and its
+# OpenBLAS runs on the same OpenMP threads), so one query gains nothing from a thread team, and
+# on a busy machine (a server sharing its cores with clients and encoders) the team's wait cost
+# dominates. Measured on the shared 2-core machine (`python -m benchmarks omp`, `... load`):
+# flat 100k x 512 at 1 query a call 30 -> 100 q/s under load; gathered batches keep every
+# thread: serialising batches below 32 cut wrk's c=32 from 629 to 143 q/s.
+SERIAL_BELOW_NQ = 2
 
 
 @contextlib.contextmanager
