@@ -119,11 +119,16 @@ def bare_hnsw_recalls(
 
 
 def http_recall(
-    url: str, bodies: list[str], truth: np.ndarray, rows: Callable[[dict], list[int]]
+    url: str,
+    bodies: list[str],
+    truth: np.ndarray,
+    rows: Callable[[dict], list[int]],
+    transport: httpx.BaseTransport | None = None,
 ) -> float:
     """Recall@k of one POST per body (``rows`` reads the hits) against ``truth``."""
     found = []
-    with httpx.Client(timeout=60, headers={"content-type": "application/json"}) as client:
+    headers = {"content-type": "application/json"}
+    with httpx.Client(timeout=60, headers=headers, transport=transport) as client:
         for body in bodies:
             r = client.post(url, content=body)
             r.raise_for_status()
