@@ -24,10 +24,12 @@ Then wrk at concurrency 1, 32 and 128 for ``GAPFIX_BENCH_LOAD_S`` seconds each, 
 time (wrk shares the machine). Targets: gapfix q/s >= 1.5x Chroma's at c=1 and c=32, and
 gapfix's p99 at c=32 no worse than Chroma's (ratio Chroma/gapfix >= 1).
 
-1M x 512 (``GAPFIX_BENCH_CHROMA_N=1000000``): ~2 GiB of vectors in this process (plus a copy in
-a temporary ``.npy`` for the Chroma loader), ~2.3 GiB for each server's HNSW, and three HNSW
-builds (Chroma's, gapfix's, and the bare one behind ``ef_search=auto``; set an integer to skip
-it); at 100k on this 2-core machine each build took ~20-40 s, so expect 10-20 min in all.
+1M x 512 (``GAPFIX_BENCH_CHROMA_N=1000000``): ~2 GiB of vectors in this process (plus a 2 GiB
+``.npy`` in the temporary directory for the Chroma loader), ~2.3 GiB for each server's HNSW
+(one server at a time), and three HNSW builds of 1M vectors: Chroma's (its loader), gapfix's
+(``Store.add``) and the bare FAISS one behind ``ef_search=auto`` (give an integer to skip it).
+At 100k on the shared 2-core development machine they took 38-44 s, 21 s and ~20 s, the whole
+run 136 s; HNSW builds grow a little faster than n, so expect 25-40 min at 1M.
 """
 
 from __future__ import annotations
