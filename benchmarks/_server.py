@@ -1,4 +1,5 @@
-"""Server subprocesses on 127.0.0.1 for the start-up and load benchmarks: ``gapfix serve``, or\nany command that answers a readiness URL (``chroma run``)."""
+"""Server subprocesses on 127.0.0.1 for the start-up and load benchmarks: ``gapfix serve``, or
+any command that answers a readiness URL (``chroma run``)."""
 
 from __future__ import annotations
 

@@ -141,17 +141,23 @@ def http_recall(
 def chroma_python(venv: Path = CHROMA_VENV) -> tuple[Path | None, str]:
     """The Chroma venv's python (created, chromadb installed, on first use), or None and why."""
     py = venv / "bin" / "python"
-    probe = [str(py), "-c", f"import chromadb, sys; sys.exit(chromadb.__version__ != '{CHROMA_VERSION}')"]  # fmt: skip
+    check = f"import chromadb, sys; sys.exit(chromadb.__version__ != {CHROMA_VERSION!r})"
+    probe = [str(py), "-c", check]
     if py.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return py, ""
     print(f"  creating {venv} (pip install chromadb=={CHROMA_VERSION}; a few minutes, once)")
+    steps = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(py), "-m", "pip", "install", "-q", f"chromadb=={CHROMA_VERSION}"],
+    ]
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-        pip = [str(py), "-m", "pip", "install", "-q", f"chromadb=={CHROMA_VERSION}"]
-        subprocess.run(pip, check=True, capture_output=True, text=True, timeout=1800)
+        for cmd in steps:
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.SubprocessError) as e:
-        detail = (getattr(e, "stderr", None) or str(e)).strip().splitlines()[-1:]
-        return None, f"installing chromadb=={CHROMA_VERSION} into {venv} failed: {detail}"
+        shutil.rmtree(venv, ignore_errors=True)  # the next run starts afresh
+        lines = (getattr(e, "stderr", None) or str(e)).strip().splitlines()
+        last = lines[-1] if lines else type(e).__name__
+        return None, f"installing chromadb=={CHROMA_VERSION} into {venv} failed ({last})"
     if subprocess.run(probe, capture_output=True).returncode != 0:
         return None, f"chromadb=={CHROMA_VERSION} does not import from {venv}"
     return py, ""
