@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from benchmarks._common import BenchResult
 from benchmarks._server import serve
+from benchmarks._wrk import run_wrk, write_lua
 from gapfix.store import ItemIn, Store
 
 N = 100_000
@@ -56,9 +56,12 @@ def clustered(rng: np.random.Generator, n: int, centers: np.ndarray) -> np.ndarr
     return _unit(centers[pick] + 0.6 * rng.standard_normal((n, DIM), dtype=np.float32) / 22.6)
 
 
-def _populate(data_dir: Path, x: np.ndarray) -> None:
+def populate(
+    data_dir: Path, x: np.ndarray, index: str = "flat", index_params: dict | None = None
+) -> None:
+    """Collection ``bench`` of ``index`` in a fresh store at ``data_dir``: row n is image ``in``."""
     with Store(data_dir, flush_interval=None) as store:
-        coll = store.create_collection("bench", index="flat")
+        coll = store.create_collection("bench", index=index, index_params=index_params)
         step = 10_000
         for start in range(0, len(x), step):
             coll.add(
@@ -66,56 +69,14 @@ def _populate(data_dir: Path, x: np.ndarray) -> None:
             )
 
 
-def _lua(path: Path, queries: np.ndarray) -> None:
-    """A wrk script cycling through the query bodies."""
-    bodies = [
+def search_bodies(queries: np.ndarray) -> list[str]:
+    """One single-vector ``POST .../search`` body (raw space, top ``K``) per query."""
+    return [
         json.dumps(
             {"query": {"vector": q.tolist(), "modality": "text"}, "k": K, "corrected": False}
         )
         for q in queries
     ]
-    lines = [
-        'wrk.method = "POST"',
-        'wrk.headers["Content-Type"] = "application/json"',
-        "bodies = {",
-    ]
-    lines += [f"  {json.dumps(b)}," for b in bodies]
-    lines += [
-        "}",
-        "i = 0",
-        "request = function()",
-        "  i = i % #bodies + 1",
-        "  return wrk.format(nil, nil, nil, bodies[i])",
-        "end",
-    ]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-
-
-def _wrk(url: str, script: Path, connections: int, seconds: float) -> dict:
-    threads = 1 if connections == 1 else 2  # a 30 s timeout: queued requests are not errors
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "30s",
-         "-s", str(script), url + SEARCH],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)$", out, re.M)
-    done = re.search(r"(\d+) requests in ([\d.]+)(m|s),", out)
-    total, took = int(done.group(1)), float(done.group(2)) * (60 if done.group(3) == "m" else 1)
-    non2xx = int(bad.group(1)) if bad else 0
-    return {
-        "qps": (total - non2xx) / took,  # answered searches only
-        "p50": _ms(pct["50"]),
-        "p99": _ms(pct["99"]),
-        "non2xx": non2xx,
-        "socket_errors": errors.group(1) if errors else "",
-    }
 
 
 def _batch_rows(url: str) -> tuple[float, float]:
@@ -149,22 +110,23 @@ def run() -> list[BenchResult]:
     tmp = Path(tempfile.mkdtemp(prefix="gapfix-bench-load-"))
     try:
         data_dir = tmp / "data"
-        _populate(data_dir, x)
+        populate(data_dir, x)
         script = tmp / "search.lua"
-        _lua(script, queries)
+        write_lua(script, search_bodies(queries))
         measured = {}
         with serve(data_dir, env=SERVER_ENV) as (url, _):
-            _wrk(url, script, 4, 1.0)  # warm-up: FAISS, connections, the batcher's cost model
+            # warm-up: FAISS, connections, the batcher's cost model
+            run_wrk(url + SEARCH, script, 4, 1.0)
             for c in CONCURRENCY:
                 before = _batch_rows(url)
-                measured[c] = _wrk(url, script, c, LOAD_S)
+                measured[c] = run_wrk(url + SEARCH, script, c, LOAD_S)
                 after = _batch_rows(url)
                 calls = after[1] - before[1]
                 measured[c]["rows"] = (after[0] - before[0]) / calls if calls else 0.0
             # overload: default queue budget, one query per FAISS call, 48 connections
         with serve(data_dir, env=OVERLOAD_ENV) as (url, _):
-            _wrk(url, script, 4, 1.0)
-            overload = _wrk(url, script, OVERLOAD_CONNECTIONS, LOAD_S)
+            run_wrk(url + SEARCH, script, 4, 1.0)
+            overload = run_wrk(url + SEARCH, script, OVERLOAD_CONNECTIONS, LOAD_S)
         bare = _bare_faiss(x, queries)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
