@@ -257,3 +257,21 @@ def test_fit_auto_prints_its_table_rule_and_out_of_fold_figures(tmp_path) -> Non
     assert "out-of-fold, fitted" in r.stdout and "auto's 2-fold cross-validation x 2" in r.stdout
     saved = load_transform(tmp_path / "a.gapfix")
     assert saved.fit_stats_["rule"] and "out_of_fold" in saved.fit_stats_
+
+
+def test_the_adapter_is_a_candidate_once_the_data_can_judge_it() -> None:
+    """1000+ pairs (and 2+ per dimension): the learned adapter joins the table, judged on the
+    first repeat's folds only against identity on the same folds; on fewer pairs it is left
+    out, so `auto` on small sets costs no training."""
+    x, y = make_gapped(selection.ADAPTER_MIN_ROWS, d=16, seed=5)
+    t = make_transform("auto", methods="centering,contrastive-adapter").fit(x, y)
+    rows = {r["method"]: r for r in t.fit_table_}
+    adapter = rows["contrastive-adapter"]
+    assert adapter["params"] == {"patience": 5}
+    assert adapter["folds_used"] == 3 and rows["centering"]["folds_used"] == 9
+    for key in ("mixed_R@10", "t2i_R@1_diff", "t2i_R@1_diff_se", "gap"):
+        assert np.isfinite(adapter[key]), key
+    assert adapter["gap"] < 0.5 * rows["identity"]["gap"]  # it closes the gap on held-out pairs
+    fewer = make_transform("auto", methods="centering,contrastive-adapter")
+    fewer.fit(x[:-1], y[:-1])
+    assert "contrastive-adapter" not in {r["method"] for r in fewer.fit_table_}

@@ -75,7 +75,7 @@ class AutoTransform(GapTransform):
             param="method",
         )
 
-    def _candidates(self, paired: bool, n: int, dim: int) -> list[tuple[str, dict[str, Any]]]:
+    def _candidates(self, paired: bool, n: int, dim: int) -> list[selection.Candidate]:
         """Registered candidates this data can judge (and the ``methods`` filter allows)."""
         from gapfix.transforms import TRANSFORMS
 
@@ -86,7 +86,7 @@ class AutoTransform(GapTransform):
                 continue
             if wanted and c.method not in wanted and c.method != "identity":
                 continue
-            out.append((c.method, dict(c.params)))
+            out.append(c)
         return out
 
     def _wanted_methods(self) -> set[str]:
@@ -226,22 +226,35 @@ class AutoTransform(GapTransform):
         dim: int,
     ) -> list[dict[str, Any]]:
         """Score every candidate (and a searched shrinkage) on shared folds; summarise."""
-        candidates = self._candidates(paired=lab is None, n=n, dim=dim)
+        chosen = self._candidates(paired=lab is None, n=n, dim=dim)
+        full = [(c.method, dict(c.params)) for c in chosen if c.max_repeats is None]
         scores, folds, ratio = crossval.cross_validate(
-            candidates, image, text, lab, folds=k, repeats=max(int(self.repeats), 1),
+            full, image, text, lab, folds=k, repeats=max(int(self.repeats), 1),
             seed=int(self.seed), renormalize=self.renormalize, scorer=objective.scorer,
             extra=self._extra,
         )  # fmt: skip
-        base = scores[[m for m, _ in candidates].index("identity")]
-        if any(m == "whiten" for m, _ in candidates):
+        base = scores[[m for m, _ in full].index("identity")]
+        candidates, bases = list(full), [base] * len(full)
+        if any(m == "whiten" for m, _ in full):
             searched = self._search_shrinkage(image, text, lab, objective, folds, base, ratio)
             candidates.append(("whiten", {"shrinkage": searched[0]}))
             scores.append(searched[1])
+            bases.append(base)
+        for c in chosen:  # costly candidates: the folds of their first repeats only
+            if c.max_repeats is None:
+                continue
+            some = folds[: k * c.max_repeats]
+            candidates.append((c.method, dict(c.params)))
+            one = crossval.score_candidate(
+                c.method, dict(c.params), image, text, lab, some, self.renormalize,
+                objective.scorer, self._extra,
+            )  # fmt: skip
+            scores.append(one)
+            bases.append(base[: len(some)])
         rows = []
-        for (method, params), cand in zip(candidates, scores, strict=True):
-            rows.append(
-                {"method": method, "params": params, **crossval.summarize(cand, base, ratio)}
-            )
+        for (method, params), cand, b in zip(candidates, scores, bases, strict=True):
+            summary = crossval.summarize(cand, b, ratio)
+            rows.append({"method": method, "params": params, "folds_used": len(cand), **summary})
         return rows
 
     def _search_shrinkage(

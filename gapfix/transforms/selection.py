@@ -31,7 +31,11 @@ GAP_CLOSED = 0.5  # a candidate "closes the gap" when its held-out gap is at mos
 # order of how far each method family moves the data (identity first); unknown methods last
 FAMILY_ORDER = (
     "identity", "mean-shift", "ablate-dims", "centering", "standardize", "whiten", "procrustes",
+    "contrastive-adapter",
 )  # fmt: skip
+# the learned adapter is judged on 1000+ pairs and 2+ per dimension: held-out folds of 333+
+# pairs, and training folds with more pairs than each d x d map has rows
+ADAPTER_MIN_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,10 @@ class Candidate:
     """One configuration `auto` tries.
 
     It is judged only on at least ``min_rows`` calibration rows and ``rows_per_dim`` rows per
-    dimension (a d x d map fitted on fewer pairs than dimensions is under-determined).
+    dimension (a d x d map fitted on fewer pairs than dimensions is under-determined). A costly
+    candidate (one trained per fold) is judged on the folds of its first ``max_repeats``
+    repeats only, against identity on the same folds: fewer folds, a larger standard error,
+    so the one-standard-error rule takes it only when it is clearly better.
     """
 
     method: str
@@ -63,6 +70,7 @@ class Candidate:
     min_rows: int = 4
     rows_per_dim: float = 0.0
     paired_only: bool = False
+    max_repeats: int | None = None
 
     def fits(self, n: int, dim: int, paired: bool) -> bool:
         """Whether ``n`` calibration rows of dimension ``dim`` can judge this candidate."""
@@ -129,6 +137,14 @@ for _candidate in (
     Candidate("whiten", {"shrinkage": "oas"}),
     *(Candidate("ablate-dims", {"k": k}) for k in (4, 16)),
     Candidate("procrustes", paired_only=True, min_rows=100, rows_per_dim=1.0),
+    Candidate(
+        "contrastive-adapter",
+        {"patience": 5},
+        paired_only=True,
+        min_rows=ADAPTER_MIN_ROWS,
+        rows_per_dim=2.0,
+        max_repeats=1,
+    ),
 ):
     register_candidate(_candidate)
 
