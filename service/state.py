@@ -89,8 +89,12 @@ class AppState:
         self.store = await to_thread.run_sync(s.open_store)
         where = s.data_dir if s.store == "embedded" else s.store
         log.info("store opened at %s (%d collections)", where, len(self.store.names()))
+        # named transforms: files in the data directory, or (Milvus) rows every replica shares
+        artifacts = (
+            s.data_dir / "transforms" if s.store == "embedded" else self.store.named_artifacts()
+        )
         self.transforms = await to_thread.run_sync(
-            lambda: TransformRegistry(s.data_dir / "transforms")
+            lambda: TransformRegistry(artifacts, refresh_s=s.milvus_refresh_s)
         )
         if s.default_transform and s.default_transform not in self.transforms.names():
             log.warning(

@@ -295,3 +295,56 @@ def test_a_snapshot_of_a_milvus_collection_keeps_its_fingerprint(milvus_client) 
     by_coll = c.post("/v1/correct", json={"modality": "text", "vectors": q, "collection": "snap"})
     assert by_name.json()["fingerprint"] == by_coll.json()["fingerprint"] == fp
     assert np.allclose(by_name.json()["vectors"], by_coll.json()["vectors"], atol=1e-6)
+
+
+def test_named_transforms_are_shared_by_every_replica_over_one_milvus(
+    tmp_path: Path, milvus_store: str
+) -> None:
+    """Two gapfix replicas (separate data directories) over one Milvus: a transform registered,
+    replaced or deleted through one is what the other serves (within GAPFIX_MILVUS_REFRESH_S),
+    and a replica started later finds it: no volume holds named transforms."""
+    import time
+
+    from gapfix import make_transform
+    from gapfix.transforms.artifact import transform_bytes
+    from gapfix.transforms.registry import fingerprint
+
+    _, img, txt = coco_items()
+    centering = transform_bytes(make_transform("centering").fit(img, txt))
+    shift = transform_bytes(make_transform("mean-shift", lam=0.5).fit(img, txt))
+    octet = {"content-type": "application/octet-stream"}
+    q = {"modality": "text", "vectors": txt[:3].tolist(), "transform": "shared"}
+    drop_all_milvus(milvus_store)
+    try:
+        with (
+            client_for(tmp_path / "a", store=milvus_store, milvus_refresh_s=0.5) as a,
+            client_for(tmp_path / "b", store=milvus_store, milvus_refresh_s=0.5) as b,
+        ):
+            assert (
+                a.put("/v1/transforms/shared", content=centering, headers=octet).status_code == 201
+            )
+            got = b.get("/v1/transforms/shared")  # an unknown name: b looks at once
+            assert got.status_code == 200 and got.json()["fingerprint"] == fingerprint(centering)
+            va, vb = a.post("/v1/correct", json=q).json(), b.post("/v1/correct", json=q).json()
+            assert vb["fingerprint"] == va["fingerprint"] == fingerprint(centering)
+            np.testing.assert_allclose(vb["vectors"], va["vectors"], atol=1e-6)
+            # b registering other bytes under the name without replace: a conflict, as on a
+            r = b.put("/v1/transforms/shared", content=shift, headers=octet)
+            assert r.status_code == 409, r.text
+            r = b.put("/v1/transforms/shared?replace=true", content=shift, headers=octet)
+            assert r.status_code == 200, r.text
+            time.sleep(0.6)  # a's refresh interval
+            assert a.post("/v1/correct", json=q).json()["fingerprint"] == fingerprint(shift)
+            names = [t["name"] for t in a.get("/v1/transforms").json()["transforms"]]
+            assert names == ["shared"]
+            assert not (tmp_path / "a" / "data" / "transforms").exists()  # nothing on disk
+            assert a.delete("/v1/transforms/shared").status_code in (200, 204)
+            time.sleep(0.6)
+            assert_error(b.get("/v1/transforms/shared"), 404, "not_found")
+            assert (
+                b.put("/v1/transforms/shared", content=centering, headers=octet).status_code == 201
+            )
+        with client_for(tmp_path / "c", store=milvus_store) as c:  # a later replica
+            assert c.get("/v1/transforms/shared").json()["fingerprint"] == fingerprint(centering)
+    finally:
+        drop_all_milvus(milvus_store)

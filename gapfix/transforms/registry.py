@@ -1,23 +1,25 @@
-"""Named transforms, independent of collections: ``<folder>/<name>.gapfix`` artifact files.
+"""Named transforms, independent of collections, kept in an artifact store
+(``gapfix.transforms.artifact_stores``): ``<folder>/<name>.gapfix`` files by default, or the
+Milvus store's ``gapfix_meta`` rows, which every gapfix replica over that Milvus shares.
 
-A name maps to one artifact. ``put`` validates the bytes by loading them, then writes them
-atomically (temp file + fsync + rename), so a ``kill -9`` leaves the old artifact or the new
-one, never a torn file; a killed writer's temp files are removed at the next open. The
-fingerprint is the artifact's content hash (blake2b-128, first 16 hex digits), the same one a
-collection gives its transform, so a snapshot of a collection's transform keeps its
+A name maps to one artifact. ``put`` validates the bytes by loading them, then has the store
+write them atomically, so a ``kill -9`` leaves the old artifact or the new one, never a torn
+one. The fingerprint is the artifact's content hash (blake2b-128, first 16 hex digits), the
+same one a collection gives its transform, so a snapshot of a collection's transform keeps its
 fingerprint.
 
 Readers get a ``NamedTransform`` (transform + fingerprint + metadata, immutable): a concurrent
 replace swaps the whole entry in one assignment, so vectors and the name/fingerprint reported
-with them always belong together. ``fit`` fits from calibration vectors on a background thread
-(``auto`` can take minutes) and waits a bounded time for it; a fit that a restart interrupts
-is dropped (its vectors were never stored).
+with them always belong together. On a shared store the registry looks again at most every
+``refresh_s`` seconds (at once for a name it does not know, and before every write), so a
+transform registered, replaced or deleted through one replica reaches the others. ``fit`` fits
+from calibration vectors on a background thread (``auto`` can take minutes) and waits a bounded
+time for it; a fit that a restart interrupts is dropped (its vectors were never stored).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -25,27 +27,29 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gapfix.atomic import atomic_path, fsync_dir, remove_quietly, remove_stale_tmp, temp_path
 from gapfix.errors import ArtifactError, GapfixError, InputError
 from gapfix.metrics import TRANSFORM_GAP
 from gapfix.store.errors import ConflictError, NotFoundError
 from gapfix.store.store import NAME_RE
+from gapfix.transforms.artifact_stores import (
+    SUFFIX,
+    ArtifactStore,
+    FolderArtifacts,
+    decode_artifact,
+    fingerprint,
+)
 from gapfix.validation import check_embeddings, check_labels, check_paired, check_same_dim
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".gapfix"
 MAX_ARTIFACT_BYTES = 1 << 30
+MISS_RECHECK_S = 0.2  # an unknown name looks in a shared store again at most this often
 
-
-def fingerprint(data: bytes) -> str:
-    """Content hash of artifact bytes (the same as a collection's transform fingerprint)."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()[:16]
+__all__ = ["SUFFIX", "NamedTransform", "TransformRegistry", "fingerprint"]
 
 
 def check_transform_name(name: Any) -> str:
@@ -115,46 +119,101 @@ class _FitJob:
 
 
 class TransformRegistry:
-    """Named transform artifacts in ``folder`` (created if missing), loaded at open."""
+    """Named transforms in an artifact store (a folder path: ``FolderArtifacts``), loaded at
+    open; a shared store is looked at again every ``refresh_s`` seconds."""
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        remove_stale_tmp(self.folder)
+    def __init__(
+        self, store: ArtifactStore | str | os.PathLike[str], refresh_s: float = 1.0
+    ) -> None:
+        self.store: ArtifactStore = (
+            store if hasattr(store, "listing") else FolderArtifacts(store)  # type: ignore[arg-type]
+        )
+        self.refresh_s = refresh_s
         self._lock = threading.Lock()  # the dicts below
         self._write_lock = threading.Lock()  # one writer at a time (put, delete)
         self._entries: dict[str, NamedTransform] = {}
         self._jobs: dict[str, _FitJob] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gapfix-fit")
-        for path in sorted(self.folder.glob(f"*{SUFFIX}")):
-            name = path.name[: -len(SUFFIX)]
+        self._synced_at = 0.0
+        self._missed_at = 0.0
+        self._sync()
+
+    def _sync(self) -> None:
+        """Load what the store holds that this registry does not (new or replaced names) and
+        drop what it no longer holds. Unreadable artifacts are logged and not served."""
+        listing = self.store.listing()
+        with self._lock:
+            current = dict(self._entries)
+        loaded: dict[str, NamedTransform] = {}
+        for name, (fp, created) in listing.items():
             if not NAME_RE.fullmatch(name):
                 continue
+            have = current.get(name)
+            if have is not None and have.fingerprint == fp:
+                continue
+            data = self.store.read(name)
+            if data is None:  # removed meanwhile
+                continue
             try:
-                self._entries[name] = self._load(name, path.read_bytes(), path)
-            except (OSError, ArtifactError) as exc:
+                loaded[name] = self._decode(name, data, created)
+            except ArtifactError as exc:
                 log.error("named transform %s is unreadable and is not served: %s", name, exc)
-        for entry in self._entries.values():
+        with self._lock:
+            gone = [n for n in self._entries if n not in listing]
+            for n in gone:
+                self._entries.pop(n)
+            self._entries.update(loaded)
+        for entry in loaded.values():
             _set_gauges(entry)
+        for n in gone:
+            _remove_gauges(n)
+        self._synced_at = time.monotonic()
+
+    def _refresh(self, missed: bool = False) -> None:
+        """On a shared store: look again when the last look is ``refresh_s`` old (or, for an
+        unknown name, ``MISS_RECHECK_S``). A store that does not answer leaves the loaded
+        transforms serving (logged); writes look again themselves and fail instead."""
+        if not self.store.shared:
+            return
+        now = time.monotonic()
+        due = now - self._synced_at >= self.refresh_s
+        if missed and now - self._missed_at >= MISS_RECHECK_S:
+            self._missed_at, due = now, True
+        if not due:
+            return
+        try:
+            self._sync()
+        except Exception as exc:
+            self._synced_at = now  # do not hammer a store that is down
+            log.warning("named transforms: could not look at the store again: %s", exc)
 
     # ------------------------------------------------------------------ reading
     def get(self, name: str) -> NamedTransform:
         """The named transform; NotFoundError if there is none."""
-        entry = self._entries.get(name) if isinstance(name, str) else None
+        entry = self.get_or_none(name)
         if entry is None:
             raise NotFoundError(f"transform {name!r} not found", param="transform")
         return entry
 
     def get_or_none(self, name: str) -> NamedTransform | None:
         """The named transform, or None."""
-        return self._entries.get(name) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            return None
+        self._refresh()
+        entry = self._entries.get(name)
+        if entry is None and self.store.shared and NAME_RE.fullmatch(name):
+            self._refresh(missed=True)
+            entry = self._entries.get(name)
+        return entry
 
     def names(self) -> list[str]:
+        self._refresh()
         with self._lock:
             return sorted(self._entries)
 
     def describe(self, name: str) -> dict[str, Any]:
         """An entry's summary, with a running or failed fit of that name (``status``)."""
+        self.get_or_none(name)
         with self._lock:
             entry, job = self._entries.get(name), self._jobs.get(name)
         if entry is None and job is None:
@@ -169,6 +228,7 @@ class TransformRegistry:
 
     def list_transforms(self) -> list[dict[str, Any]]:
         """Summaries of every transform and every running or failed fit, by name."""
+        self._refresh()
         with self._lock:
             names = sorted(set(self._entries) | set(self._jobs))
         out = []
@@ -180,12 +240,9 @@ class TransformRegistry:
         return out
 
     # ------------------------------------------------------------------ writing
-    def _load(self, name: str, data: bytes, path: Path) -> NamedTransform:
-        from gapfix.transforms.artifact import load_transform, read_metadata
-
-        transform = load_transform(path)
-        meta = read_metadata(path)
-        return NamedTransform(name, fingerprint(data), transform, meta, path.stat().st_mtime)
+    def _decode(self, name: str, data: bytes, created: float) -> NamedTransform:
+        transform, meta = decode_artifact(data)
+        return NamedTransform(name, fingerprint(data), transform, meta, created)
 
     def put(self, name: str, data: bytes, replace: bool = False) -> tuple[NamedTransform, str]:
         """Register artifact ``data`` under ``name``; returns ``(entry, outcome)`` with outcome
@@ -203,6 +260,8 @@ class TransformRegistry:
         fp = fingerprint(data)
         with self._write_lock:
             self._check_open()
+            if self.store.shared:
+                self._sync()  # another replica may have registered or replaced it
             old = self._entries.get(name)
             if old is not None and old.fingerprint == fp:
                 return old, "unchanged"
@@ -212,20 +271,12 @@ class TransformRegistry:
                     f"{old.fingerprint}, this one {fp}); use ?replace=true to replace it",
                     param="name",
                 )
-            final = self.folder / f"{name}{SUFFIX}"
-            tmp = temp_path(final)
             try:
-                tmp.write_bytes(data)
-                try:
-                    entry = self._load(name, data, tmp)  # validates: arrays, dims, format
-                except ArtifactError as exc:
-                    msg = str(exc.message).replace(str(tmp), "the artifact")
-                    raise InputError(msg, param="body") from None
-                with atomic_path(final) as dst:
-                    os.replace(tmp, dst)
-            finally:
-                remove_quietly(tmp)
-            entry = NamedTransform(name, fp, entry.transform, entry.meta, final.stat().st_mtime)
+                entry = self._decode(name, data, 0.0)  # validates: arrays, dims, format
+            except ArtifactError as exc:
+                raise InputError(str(exc.message), param="body") from None
+            created = self.store.write(name, data)
+            entry = NamedTransform(name, fp, entry.transform, entry.meta, created)
             with self._lock:
                 self._entries[name] = entry
                 job = self._jobs.get(name)
@@ -245,6 +296,8 @@ class TransformRegistry:
     def delete(self, name: str) -> None:
         """Remove a transform (and any failed fit record of that name); NotFoundError if none."""
         with self._write_lock:
+            if self.store.shared:
+                self._sync()
             with self._lock:
                 entry = self._entries.pop(name, None)
                 job = self._jobs.get(name)
@@ -255,11 +308,8 @@ class TransformRegistry:
             if entry is None and job is None:
                 raise NotFoundError(f"transform {name!r} not found", param="transform")
             if entry is not None:
-                remove_quietly(self.folder / f"{name}{SUFFIX}")
-                fsync_dir(self.folder)
-                for space in ("raw", "corrected"):
-                    with contextlib.suppress(KeyError):
-                        TRANSFORM_GAP.remove(name, space)
+                self.store.remove(name)
+                _remove_gauges(name)
 
     def fit(
         self,
@@ -368,6 +418,12 @@ class TransformRegistry:
         """Stop taking work; a running fit is abandoned (its vectors were never stored)."""
         self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _remove_gauges(name: str) -> None:
+    for space in ("raw", "corrected"):
+        with contextlib.suppress(KeyError):
+            TRANSFORM_GAP.remove(name, space)
 
 
 def _set_gauges(entry: NamedTransform) -> None:

@@ -3,7 +3,8 @@ and one per transform artifact, so that gapfix replicas keep no state of their o
 
 Rows: ``coll:<name>`` -- ``doc`` (JSON: index, dim, active fingerprint and slot, pending
 switch, last error) and ``blob`` (the centroid sums, ``.npz``); ``art:<name>:<fp>`` -- the
-transform artifact (safetensors bytes) in ``blob``. A row is written with one upsert, so the
+transform artifact (safetensors bytes) in ``blob``; ``named:<name>`` -- a named transform
+(``doc``: fingerprint and creation time; ``blob``: the artifact), shared by every replica. A row is written with one upsert, so the
 active transform, its slot and its sums change together or not at all.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from gapfix.store.milvus.conn import (
     build_schema,
     check_schema,
     meta_fields,
+    milvus_call,
 )
 from gapfix.store.sums import COMPONENTS, add_sums, zero_sums
 from gapfix.store.sums import Sums as SpaceSums
@@ -131,3 +134,44 @@ class Meta:
         ]
         if drop:
             self.client.delete(META_COLLECTION, ids=drop)
+
+
+class MilvusArtifacts:
+    """Named transforms' artifact bytes as ``gapfix_meta`` rows ``named:<name>``: an artifact
+    store (``gapfix.transforms.artifact_stores``) that every replica over this Milvus shares.
+    Milvus failures raise StoreUnavailableError (the service's 503)."""
+
+    shared = True
+    PREFIX = "named:"
+
+    def __init__(self, meta: Meta) -> None:
+        self.meta = meta
+
+    @milvus_call
+    def listing(self) -> dict[str, tuple[str, float]]:
+        rows = self.meta.client.query(
+            META_COLLECTION, filter=f'key like "{self.PREFIX}%"', output_fields=["key", "doc"]
+        )
+        return {
+            r["key"][len(self.PREFIX) :]: (str(r["doc"]["fingerprint"]), float(r["doc"]["created"]))
+            for r in rows
+            if r["key"].startswith(self.PREFIX)
+        }
+
+    @milvus_call
+    def read(self, name: str) -> bytes | None:
+        got = self.meta._get(self.PREFIX + name, blob=True)
+        return None if got is None else got[1]
+
+    @milvus_call
+    def write(self, name: str, data: bytes) -> float:
+        from gapfix.transforms.artifact_stores import fingerprint
+
+        created = time.time()
+        doc = {"fingerprint": fingerprint(data), "created": created}
+        self.meta._put(self.PREFIX + name, doc, data)  # one upsert: old bytes or new
+        return created
+
+    @milvus_call
+    def remove(self, name: str) -> None:
+        self.meta.client.delete(META_COLLECTION, ids=[self.PREFIX + name])

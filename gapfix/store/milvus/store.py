@@ -28,7 +28,7 @@ from gapfix.store.milvus.conn import (
     milvus_call,
     unavailable_as_503,
 )
-from gapfix.store.milvus.meta import Meta, add_sums, zero_sums
+from gapfix.store.milvus.meta import Meta, MilvusArtifacts, add_sums, zero_sums
 from gapfix.store.milvus.rows import COMPONENT_FIELDS, Components
 from gapfix.store.store import check_collection_name
 
@@ -105,6 +105,10 @@ class MilvusStore:
                 sums[v.slot] = add_sums(sums[v.slot], c.corrected(v.transform)[1], 1)
         self.meta.put_collection(name, {**v.doc, "counts": counts}, sums)
         coll.close()
+
+    def named_artifacts(self) -> MilvusArtifacts:
+        """The artifact store for named transforms that every replica over this Milvus shares."""
+        return MilvusArtifacts(self.meta)
 
     def flush(self) -> None:
         """Nothing to do: Milvus holds every write when it returns."""
