@@ -107,15 +107,17 @@ def search_body(q: np.ndarray) -> dict:
 def test_overload_is_refused_quickly_and_accepted_requests_stay_within_budget(
     tmp_path: Path,
 ) -> None:
-    """A server that runs one query per FAISS call (5-15/s here), and four times as many
-    concurrent clients as it serves requests within its queue budget. The excess gets 429 (Retry-After in the header and the envelope)
-    at once; the accepted requests are answered within 2x the queue budget (plus what the
-    client itself adds on this shared machine, measured on the requests refused at once)."""
-    # a budget small enough that 48 clients overload even a fast machine (the default 1 s
-    # needs ~4 x its q/s in clients: an idle machine serving 100+ q/s was never overloaded)
+    """A server that runs one query per FAISS call (70-75/s here on 150k rows), and four times
+    as many concurrent clients as it serves requests within its queue budget. The excess gets
+    429 (Retry-After in the header and the envelope) at once; the accepted requests are
+    answered within 2x the queue budget (plus what the client itself adds on this shared
+    machine, measured on the requests refused at once)."""
+    # a budget small enough that a few dozen clients overload even a fast machine (the default
+    # 1 s needs ~4 x its q/s in clients: an idle machine serving 100+ q/s was never overloaded);
+    # 150k rows keep a query slow enough that this one-process client can outpace the server
     budget = Settings(queue_budget_ms=100).queue_budget_ms / 1000
     env = {"GAPFIX_SEARCH_BATCH_ROWS": "1", "GAPFIX_QUEUE_BUDGET_MS": "100"}
-    queries = populate(tmp_path / "data", 60_000)
+    queries = populate(tmp_path / "data", 150_000)
     with server(tmp_path / "data", tmp_path / "serve.log", env) as url:
         bodies = [json.dumps(search_body(q)).encode() for q in queries]  # encoded once
 
@@ -144,14 +146,16 @@ def test_overload_is_refused_quickly_and_accepted_requests_stay_within_budget(
         warm = asyncio.run(load(2.0, 4))
         rate = sum(c == 200 for c, _, _ in warm) / 2.0
         # 4x overload: four times as many clients as requests it serves within the budget
-        concurrency = min(48, max(16, math.ceil(4 * rate * budget)))
+        concurrency = min(128, max(16, math.ceil(4 * rate * budget)))
         results = asyncio.run(load(5.0, concurrency))
         metrics = httpx.get(f"{url}/metrics").text
     codes = [c for c, _, _ in results]
     assert set(codes) <= {200, 429}, set(codes)
     ok = np.array([t for c, t, _ in results if c == 200])
     refused = [(t, r) for c, t, r in results if c == 429]
-    assert len(ok) >= 20 and len(refused) >= len(results) / 5, (len(ok), len(refused))
+    # polite clients sleep Retry-After (>= 1 s) after a 429, so the share refused settles near
+    # sleeping / (sleeping + served per second): 20-23 % measured at 70-75 answered q/s
+    assert len(ok) >= 20 and len(refused) >= max(20, len(results) / 10), (len(ok), len(refused))
     # refused on arrival (the rest were shed when their turn came, past the budget)
     at_once = [t for t, r in refused if "queued (" in r.json()["error"]["message"]]
     assert len(at_once) >= len(refused) / 2, (len(at_once), len(refused))
