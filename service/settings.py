@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     milvus_switch_batch: int = Field(
         512, ge=1, le=16384, description="items re-corrected per batch in a transform switch"
     )
+    milvus_replica_id: str = Field(
+        "",
+        max_length=128,
+        description="this replica's name for its row of count and sum changes in Milvus "
+        "(default: the host name and a random suffix per start; a stable name reuses one row)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: str = "auto"
@@ -185,6 +191,7 @@ class Settings(BaseSettings):
             timeout=self.milvus_timeout_s,
             refresh_s=self.milvus_refresh_s,
             switch_batch=self.milvus_switch_batch,
+            replica=self.milvus_replica_id,
             server_pem_path=self.milvus_server_pem_path,
             server_name=self.milvus_server_name,
             ca_pem_path=self.milvus_ca_pem_path,

@@ -2,10 +2,11 @@
 ``gapfix.store.Collection``).
 
 State. Nothing lives only in this process: the items are rows of the Milvus collection, the
-settings, active transform, counts and centroid sums are the collection's ``gapfix_meta`` row
-(see ``meta``), read again before every write and at most ``refresh_s`` seconds old for reads.
-Several gapfix replicas can serve one Milvus; writes are serialised per replica (concurrent
-writers on different replicas may leave the counts and sums off until a restart rebuilds them).
+settings and active transform are the collection's ``gapfix_meta`` row (see ``meta``), read
+again before every write and at most ``refresh_s`` seconds old for reads. Counts and centroid
+sums are that row's base plus every replica's running changes, each replica writing only its
+own row (``coll:<name>@<replica>``), so several gapfix replicas can write one collection at
+once without losing each other's updates. Writes are serialised per replica.
 
 Spaces. ``raw`` holds each item's fused raw vector; the corrected space of the active
 transform is whichever of the two slots ``corrected`` / ``corrected_b`` the meta row names
@@ -16,8 +17,10 @@ transform is whichever of the two slots ``corrected`` / ``corrected_b`` the meta
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,23 +45,57 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class View:
-    """One read of the meta row: settings, active/pending transform objects, counts, sums."""
+    """One read of the meta state: settings, active/pending transform objects, the base counts
+    (``doc["counts"]``) and sums, and the sum of every replica's changes since the base."""
 
     doc: dict[str, Any]
     transform: Any
     pending: Any
-    sums: Sums | None
+    base: Sums
+    delta: Sums
+    delta_counts: dict[str, int]
     read_at: float
 
     @property
     def slot(self) -> str:
         return self.doc.get("slot") or SLOTS[0]
 
+    @property
+    def sums(self) -> Sums:
+        """Totals of the spaces the base holds (base + every replica's changes)."""
+        return {
+            space: add_sums(sums, self.delta[space], 1) if space in self.delta else sums
+            for space, sums in self.base.items()
+        }
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Items per modality (base + every replica's changes)."""
+        base = self.doc.get("counts") or {}
+        return {m: int(base.get(m, 0)) + int(self.delta_counts.get(m, 0)) for m in ITEM_MODALITIES}
+
     def slot_transforms(self) -> dict[str, Any]:
         out = {self.slot: self.transform}
         if self.pending is not None:
             out[self.doc["pending"]["slot"]] = self.pending
         return out
+
+
+def sum_changes(deltas: dict[str, tuple[dict[str, int], Sums]]) -> tuple[dict[str, int], Sums]:
+    """The sum of several replicas' (counts, sums) changes."""
+    counts: dict[str, int] = {}
+    sums: Sums = {}
+    for c, per in deltas.values():
+        for m, n in c.items():
+            counts[m] = counts.get(m, 0) + int(n)
+        for space, x in per.items():
+            sums[space] = add_sums(sums[space], x, 1) if space in sums else x
+    return counts, sums
+
+
+def new_replica_id() -> str:
+    """A replica id for this process: the host name and a random suffix."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}".replace("@", "_")
 
 
 def index_params_for(kind: str, p: IndexParams, dim: int) -> tuple[str, dict[str, Any]]:
@@ -75,11 +112,18 @@ class MilvusCollection(Reads, TransformSwitch):
     """A collection in Milvus; obtain one from ``MilvusStore``. Thread-safe."""
 
     def __init__(
-        self, client: Any, meta: Meta, name: str, refresh_s: float = 1.0, switch_batch: int = 512
+        self,
+        client: Any,
+        meta: Meta,
+        name: str,
+        refresh_s: float = 1.0,
+        switch_batch: int = 512,
+        replica: str = "",
     ) -> None:
         self.client = client
         self.meta = meta
         self.name = name
+        self.replica = replica or new_replica_id()
         self.refresh_s = refresh_s
         self.switch_batch = switch_batch
         self._write_lock = threading.RLock()
@@ -87,23 +131,27 @@ class MilvusCollection(Reads, TransformSwitch):
         self._rebuilder = Rebuilder(name, self._write_lock)
         self._data_ready = False  # the Milvus collection exists (ensure_data_collection)
         self._closed = False
+        self._own: tuple[dict[str, int], Sums] = ({}, {})  # this replica's changes
         self._view = self._read(with_sums=True)
+        self._own = self._own_from_state
         self.index_kind: str = self._view.doc["index"]
         self.index_params = IndexParams.from_dict(self.index_kind, self._view.doc["index_params"])
         self.created_at: float = self._view.doc.get("created_at", 0.0)
         self.repair_report: dict[str, str] = {}
 
     # ------------------------------------------------------------------ meta state
-    def _read(self, with_sums: bool) -> View:
-        got = self.meta.get_collection(self.name, sums=with_sums)
-        if got is None:
+    def _read(self, with_sums: bool = True) -> View:
+        state = self.meta.read_state(self.name)
+        if state is None:
             self._closed = True
             raise NotFoundError(f"collection {self.name!r} not found", param="collection")
-        doc, sums = got
+        doc = state.doc
+        self._own_from_state = state.deltas.get(self.replica, ({}, {}))
+        delta_counts, delta = sum_changes(state.deltas)
         pending = doc.get("pending")
         active = self._load_or_none(doc.get("active"), "active")
         ptrans = self._load_or_none(pending["fp"], "pending") if pending else None
-        return View(doc, active, ptrans, sums if with_sums else None, time.monotonic())
+        return View(doc, active, ptrans, state.base, delta, delta_counts, time.monotonic())
 
     def _load_or_none(self, fp: str | None, which: str) -> Any:
         """A damaged or missing artifact must not make the items unreachable: searches then
@@ -132,23 +180,44 @@ class MilvusCollection(Reads, TransformSwitch):
         return t
 
     def view(self, fresh: bool = False, with_sums: bool = False) -> View:
-        """The meta state: re-read when older than ``refresh_s`` (always when ``fresh``)."""
+        """The meta state: re-read when older than ``refresh_s`` (always when ``fresh`` or
+        ``with_sums``)."""
         self._check_open()
         v = self._view
         if fresh or with_sums or time.monotonic() - v.read_at > self.refresh_s:
-            v = self._read(with_sums=True)
+            v = self._read()
             self._view = v
         return v
 
-    def _write_meta(self, doc: dict[str, Any], sums: Sums) -> None:
-        self.meta.put_collection(self.name, doc, sums)
+    def _write_meta(self, doc: dict[str, Any], base: Sums) -> None:
+        """Write the meta row (settings, transforms, base counts and sums) in one upsert."""
+        self.meta.put_collection(self.name, doc, base)
+        v = self._view
         self._view = View(
             doc,
             self._load_transform(doc.get("active")),
             self._load_transform((doc.get("pending") or {}).get("fp")),
-            sums,
+            base,
+            v.delta,
+            v.delta_counts,
             time.monotonic(),
         )
+
+    def _write_changes(self, counts: dict[str, int], sums: Sums) -> None:
+        """Add a write's changes to this replica's row (the only writer of that row)."""
+        own_counts, own_sums = self._own
+        new_counts = {m: own_counts.get(m, 0) + counts.get(m, 0) for m in {*own_counts, *counts}}
+        new_sums = dict(own_sums)
+        for space, x in sums.items():
+            new_sums[space] = add_sums(new_sums[space], x, 1) if space in new_sums else x
+        self.meta.put_delta(self.name, self.replica, new_counts, new_sums)
+        self._own = (new_counts, new_sums)
+        v = self._view
+        delta = dict(v.delta)
+        for space, x in sums.items():
+            delta[space] = add_sums(delta[space], x, 1) if space in delta else x
+        dc = {m: v.delta_counts.get(m, 0) + counts.get(m, 0) for m in {*v.delta_counts, *counts}}
+        self._view = View(v.doc, v.transform, v.pending, v.base, delta, dc, v.read_at)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -185,8 +254,7 @@ class MilvusCollection(Reads, TransformSwitch):
 
     def counts(self) -> dict[str, int]:
         """Items per modality: ``{"image": n, "text": n, "document": n}``."""
-        c = self.view().doc.get("counts") or {}
-        return {m: int(c.get(m, 0)) for m in ITEM_MODALITIES}
+        return self.view().counts
 
     def count(self) -> int:
         return sum(self.counts().values())
@@ -215,7 +283,7 @@ class MilvusCollection(Reads, TransformSwitch):
         sums = {"raw": (v.sums or {}).get("raw")}
         if v.transform is not None:
             sums["corrected"] = (v.sums or {}).get(v.slot)
-        gauges.update_gauges(self.name, v.doc.get("counts") or {}, sums, v.transform is not None)
+        gauges.update_gauges(self.name, v.counts, sums, v.transform is not None)
 
     def remove_gauges(self) -> None:
         """Drop this collection's Prometheus series (after it is deleted)."""
@@ -231,33 +299,31 @@ class MilvusCollection(Reads, TransformSwitch):
             rows += [dict(r) for r in got]
         return R.Components.from_rows(rows, dim)
 
-    def _new_meta(
+    def _changes(
         self, v: View, dim: int, old: R.Components, new: R.Components | None
-    ) -> tuple[dict, Sums]:
-        """Counts and sums after replacing ``old`` by ``new``."""
-        doc = dict(v.doc)
-        counts = dict(doc.get("counts") or {m: 0 for m in ITEM_MODALITIES})
-        sums = {s: dict(x) for s, x in (v.sums or {}).items()}
+    ) -> tuple[dict[str, int], Sums]:
+        """The counts and sums a write changes: ``new``'s rows added, ``old``'s removed, in the
+        raw space and each corrected slot that holds a transform's vectors."""
         spaces = {"raw": None, v.slot: v.transform}
         if v.pending is not None:
-            spaces[doc["pending"]["slot"]] = v.pending
+            spaces[v.doc["pending"]["slot"]] = v.pending
+        sums: Sums = {}
         for space, t in spaces.items():
             if space != "raw" and t is None:
-                sums.pop(space, None)
                 continue
-            cur = sums.get(space) or zero_sums(dim)
+            cur = zero_sums(dim)
             for comps, sign in ((old, -1), (new, 1)):
                 if comps is None or not len(comps):
                     continue
                 part = comps.raw_sums() if t is None else comps.corrected(t)[1]
                 cur = add_sums(cur, part, sign)
             sums[space] = cur
+        counts: dict[str, int] = {}
         for comps, sign in ((old, -1), (new, 1)):
             if comps is not None:
                 for m, n in comps.modality_counts().items():
                     counts[m] = counts.get(m, 0) + sign * n
-        doc["counts"] = counts
-        return doc, sums
+        return counts, sums
 
     @milvus_call
     def add(self, items: list[ItemIn], upsert: bool = False) -> dict[str, int]:
@@ -282,10 +348,12 @@ class MilvusCollection(Reads, TransformSwitch):
                 )
             new = R.Components.from_batch(batch)
             vectors, _ = R.slot_vectors(new, v.slot_transforms())
-            doc, sums = self._new_meta(v, dim, old, new)
-            doc["dim"] = dim
+            counts, sums = self._changes(v, dim, old, new)
+            if v.doc.get("dim") is None:  # the first vectors fix the dimension
+                base = {"raw": zero_sums(dim), **v.base}
+                self._write_meta({**v.doc, "dim": dim}, base)
             self.client.upsert(self.name, R.batch_rows(batch, vectors, time.time()))
-            self._write_meta(doc, sums)
+            self._write_changes(counts, sums)
             self.update_gauges(self._view)
         return {"added": len(batch) - len(old), "replaced": len(old)}
 
@@ -304,9 +372,9 @@ class MilvusCollection(Reads, TransformSwitch):
                 raise NotFoundError(f"item {gone!r} not found", param="id")
             if old is None or not len(old):
                 return 0
-            doc, sums = self._new_meta(v, dim, old, None)
+            counts, sums = self._changes(v, dim, old, None)
             self.client.delete(self.name, ids=old.ids)
-            self._write_meta(doc, sums)
+            self._write_changes(counts, sums)
             self.update_gauges(self._view)
             return len(old)
 

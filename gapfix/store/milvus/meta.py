@@ -2,7 +2,10 @@
 and one per transform artifact, so that gapfix replicas keep no state of their own.
 
 Rows: ``coll:<name>`` -- ``doc`` (JSON: index, dim, active fingerprint and slot, pending
-switch, last error) and ``blob`` (the centroid sums, ``.npz``); ``art:<name>:<fp>`` -- the
+switch, last error, base counts) and ``blob`` (the base centroid sums, ``.npz``);
+``coll:<name>@<replica>`` -- one replica's running changes to the counts (``doc``) and sums
+(``blob``) since the base, written by that replica only (totals = base + every replica's
+changes, so replicas writing one collection at once never overwrite each other's updates); ``art:<name>:<fp>`` -- the
 transform artifact (safetensors bytes) in ``blob``; ``named:<name>`` -- a named transform
 (``doc``: fingerprint and creation time; ``blob``: the artifact), shared by every replica. A row is written with one upsert, so the
 active transform, its slot and its sums change together or not at all.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,6 +70,16 @@ def unpack_sums(data: bytes | None) -> Sums:
     return out
 
 
+@dataclass(frozen=True)
+class CollectionState:
+    """A collection's meta row (``doc``, ``base`` sums) and every replica's changes since the
+    base: ``deltas[replica] = (counts, sums)``."""
+
+    doc: dict[str, Any]
+    base: Sums
+    deltas: dict[str, tuple[dict[str, int], Sums]]
+
+
 class Meta:
     """Reads and writes ``gapfix_meta`` through one ``MilvusClient``."""
 
@@ -100,7 +114,32 @@ class Meta:
     # -- collections
     def collection_names(self) -> list[str]:
         rows = self.client.query(META_COLLECTION, filter='key like "coll:%"', output_fields=["key"])
-        return sorted(r["key"][5:] for r in rows)
+        return sorted(r["key"][5:] for r in rows if "@" not in r["key"])
+
+    def _state_rows(self, name: str, fields: list[str]) -> list[dict[str, Any]]:
+        """The collection's row and its replicas' rows (exact keys: '_' is a LIKE wildcard)."""
+        own = f"coll:{name}"
+        rows = self.client.query(
+            META_COLLECTION, filter=f'key like "{own}%"', output_fields=["key", *fields]
+        )
+        return [r for r in rows if r["key"] == own or r["key"].startswith(own + "@")]
+
+    def read_state(self, name: str) -> CollectionState | None:
+        """The meta row and every replica's changes, in one query (None: no such collection)."""
+        own = f"coll:{name}"
+        doc, base, deltas = None, {}, {}
+        for r in self._state_rows(name, ["doc", "blob"]):
+            sums = unpack_sums(from_chunks(r.get("blob")))
+            if r["key"] == own:
+                doc, base = r["doc"], sums
+            else:
+                counts = {m: int(n) for m, n in (r["doc"].get("counts") or {}).items()}
+                deltas[r["key"][len(own) + 1 :]] = (counts, sums)
+        return None if doc is None else CollectionState(doc, base, deltas)
+
+    def put_delta(self, name: str, replica: str, counts: dict[str, int], sums: Sums) -> None:
+        """Write one replica's changes since the base (only that replica writes this row)."""
+        self._put(f"coll:{name}@{replica}", {"counts": counts}, pack_sums(sums))
 
     def get_collection(self, name: str, sums: bool = False) -> tuple[dict, Sums] | None:
         got = self._get(f"coll:{name}", blob=sums)
@@ -112,7 +151,8 @@ class Meta:
 
     def delete_collection(self, name: str) -> None:
         self.prune_artifacts(name, set())
-        self.client.delete(META_COLLECTION, ids=[f"coll:{name}"])
+        keys = [r["key"] for r in self._state_rows(name, [])] or [f"coll:{name}"]
+        self.client.delete(META_COLLECTION, ids=keys)
 
     # -- transform artifacts
     def put_artifact(self, name: str, fp: str, data: bytes) -> None:

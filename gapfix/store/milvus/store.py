@@ -17,7 +17,7 @@ from gapfix.errors import GapfixError, InputError
 from gapfix.store.errors import ConflictError, NotFoundError
 from gapfix.store.index_kinds import INDEX_KINDS, IndexParams
 from gapfix.store.items import ITEM_MODALITIES
-from gapfix.store.milvus.collection import MilvusCollection
+from gapfix.store.milvus.collection import MilvusCollection, new_replica_id
 from gapfix.store.milvus.conn import (
     SLOTS,
     MilvusTarget,
@@ -45,11 +45,13 @@ class MilvusStore:
         timeout: float = 10.0,
         refresh_s: float = 1.0,
         switch_batch: int = 512,
+        replica: str = "",
         **tls: Any,
     ) -> None:
         self.target = target
         self.refresh_s = refresh_s
         self.switch_batch = switch_batch
+        self.replica = (replica or new_replica_id()).replace("@", "_")
         self.client = connect(target, token=token, timeout=timeout, **tls)
         self._lock = threading.Lock()
         self._collections: dict[str, MilvusCollection] = {}
@@ -78,33 +80,43 @@ class MilvusStore:
             check_schema(name, self.client.describe_collection(name), data_fields(doc["dim"]))
             self.client.load_collection(name)
             self._check_sums(name, doc)
-        coll = MilvusCollection(self.client, self.meta, name, self.refresh_s, self.switch_batch)
+        coll = self._collection(name)
         coll.update_gauges(coll.view(with_sums=True))
         return coll
 
+    def _collection(self, name: str) -> MilvusCollection:
+        return MilvusCollection(
+            self.client, self.meta, name, self.refresh_s, self.switch_batch, self.replica
+        )
+
     def _check_sums(self, name: str, doc: dict[str, Any]) -> None:
-        """Rebuild counts and sums from the rows when the meta row disagrees with them (a
-        writer killed between its rows and its meta upsert, or an adopted collection)."""
+        """Rebuild the base counts and sums from the rows when the totals disagree with them (a
+        writer killed between its rows and its changes' upsert, or an adopted collection)."""
         counts = {}
         for m in ITEM_MODALITIES:
             res = self.client.query(name, filter=f'modality == "{m}"', output_fields=["count(*)"])
             counts[m] = int(res[0]["count(*)"]) if res else 0
-        if counts == {m: int((doc.get("counts") or {}).get(m, 0)) for m in ITEM_MODALITIES}:
-            return
-        log.warning("collection %s: counts disagree with the rows; rebuilding sums", name)
-        coll = MilvusCollection(self.client, self.meta, name, self.refresh_s, self.switch_batch)
-        v = coll.view(fresh=True)
-        dim = doc["dim"]
-        sums = {"raw": zero_sums(dim)}
-        if v.transform is not None:
-            sums[v.slot] = zero_sums(dim)
-        for rows in coll._iterate(COMPONENT_FIELDS):
-            c = Components.from_rows(rows, dim)
-            sums["raw"] = add_sums(sums["raw"], c.raw_sums(), 1)
+        coll = self._collection(name)
+        try:
+            v = coll.view(fresh=True)
+            if counts == v.counts:
+                return
+            log.warning("collection %s: counts disagree with the rows; rebuilding sums", name)
+            dim = doc["dim"]
+            sums = {"raw": zero_sums(dim)}
             if v.transform is not None:
-                sums[v.slot] = add_sums(sums[v.slot], c.corrected(v.transform)[1], 1)
-        self.meta.put_collection(name, {**v.doc, "counts": counts}, sums)
-        coll.close()
+                sums[v.slot] = zero_sums(dim)
+            for rows in coll._iterate(COMPONENT_FIELDS):
+                c = Components.from_rows(rows, dim)
+                sums["raw"] = add_sums(sums["raw"], c.raw_sums(), 1)
+                if v.transform is not None:
+                    sums[v.slot] = add_sums(sums[v.slot], c.corrected(v.transform)[1], 1)
+            v = coll.view(fresh=True)  # the base that, with every replica's changes, totals these
+            base = {s: add_sums(x, v.delta[s], -1) if s in v.delta else x for s, x in sums.items()}
+            base_counts = {m: counts[m] - v.delta_counts.get(m, 0) for m in ITEM_MODALITIES}
+            self.meta.put_collection(name, {**v.doc, "counts": base_counts}, base)
+        finally:
+            coll.close()
 
     def named_artifacts(self) -> MilvusArtifacts:
         """The artifact store for named transforms that every replica over this Milvus shares."""
@@ -161,7 +173,7 @@ class MilvusStore:
                 "counts": {m: 0 for m in ITEM_MODALITIES},
             }
             self.meta.put_collection(name, doc, {"raw": zero_sums(dim)} if dim else {})
-            coll = MilvusCollection(self.client, self.meta, name, self.refresh_s, self.switch_batch)
+            coll = self._collection(name)
             if dim is not None:
                 coll.ensure_data_collection(dim)
                 if adopted:

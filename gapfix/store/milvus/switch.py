@@ -134,11 +134,10 @@ class TransformSwitch:
             self._rebuilder.cancel()
             self._rebuilder.error = None
             doc = {**v.doc, "pending": None, "error": None}
-            sums = dict(v.sums or {})
             if transform is None:
                 doc["active"] = None
-                sums = {"raw": sums["raw"]} if "raw" in sums else {}
-                self._write_meta(doc, sums)  # type: ignore[attr-defined]
+                base = {"raw": v.base["raw"]} if "raw" in v.base else {}
+                self._write_meta(doc, base)  # type: ignore[attr-defined]
                 self.meta.prune_artifacts(self.name, set())  # type: ignore[attr-defined]
                 return True
             fp = self._save_artifact(transform)
@@ -197,7 +196,7 @@ class TransformSwitch:
         try:
             v = self.view(fresh=True)  # type: ignore[attr-defined]
             doc = {**v.doc, "pending": None, "error": job.error}
-            self._write_meta(doc, v.sums or {})  # type: ignore[attr-defined]
+            self._write_meta(doc, v.base)  # type: ignore[attr-defined]
         except Exception:
             log.exception("collection %s: recording the failed switch failed", self.name)
 
@@ -221,7 +220,7 @@ class TransformSwitch:
             if pending.get("fp") != job.fingerprint:
                 slot = SLOTS[1] if v.slot == SLOTS[0] else SLOTS[0]
                 pending = {"fp": job.fingerprint, "slot": slot, "at": time.time()}
-                self._write_meta({**v.doc, "pending": pending, "error": None}, v.sums or {})  # type: ignore[attr-defined]
+                self._write_meta({**v.doc, "pending": pending, "error": None}, v.base)  # type: ignore[attr-defined]
         slot = pending["slot"]
         job.phase = "indexing"
         for rows in self._iterate(["id"], self.switch_batch):  # type: ignore[attr-defined]
@@ -246,7 +245,10 @@ class TransformSwitch:
                     sums, Components.from_rows(rows, dim).corrected(job.transform)[1], 1
                 )
             v = self.view(fresh=True)  # type: ignore[attr-defined]
-            new_sums = {"raw": (v.sums or {}).get("raw") or zero_sums(dim), slot: sums}
+            # the base that, with every replica's changes to this slot so far, totals the scan
+            if slot in v.delta:
+                sums = add_sums(sums, v.delta[slot], -1)
+            new_sums = {"raw": v.base.get("raw") or zero_sums(dim), slot: sums}
             doc = {**v.doc, "active": job.fingerprint, "slot": slot, "pending": None, "error": None}
             self._write_meta(doc, new_sums)  # type: ignore[attr-defined]
             self.meta.prune_artifacts(self.name, {job.fingerprint})  # type: ignore[attr-defined]
