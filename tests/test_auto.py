@@ -275,3 +275,15 @@ def test_the_adapter_is_a_candidate_once_the_data_can_judge_it() -> None:
     fewer = make_transform("auto", methods="centering,contrastive-adapter")
     fewer.fit(x[:-1], y[:-1])
     assert "contrastive-adapter" not in {r["method"] for r in fewer.fit_table_}
+
+
+def test_without_torch_auto_leaves_the_adapter_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else find(name, *a)
+    )
+    x, y = make_gapped(selection.ADAPTER_MIN_ROWS, d=16, seed=5)
+    t = make_transform("auto", methods="centering,contrastive-adapter").fit(x, y)
+    assert {r["method"] for r in t.fit_table_} == {"identity", "centering"}

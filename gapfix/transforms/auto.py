@@ -82,7 +82,7 @@ class AutoTransform(GapTransform):
         wanted = self._wanted_methods()
         out = []
         for c in selection.CANDIDATES:
-            if c.method not in TRANSFORMS or not c.fits(n, dim, paired):
+            if c.method not in TRANSFORMS or not c.fits(n, dim, paired) or not c.available():
                 continue
             if wanted and c.method not in wanted and c.method != "identity":
                 continue

@@ -71,6 +71,13 @@ class Candidate:
     rows_per_dim: float = 0.0
     paired_only: bool = False
     max_repeats: int | None = None
+    needs: tuple[str, ...] = ()  # modules it imports (torch is optional for gapfix)
+
+    def available(self) -> bool:
+        """Whether the modules it needs are installed."""
+        import importlib.util
+
+        return all(importlib.util.find_spec(m) is not None for m in self.needs)
 
     def fits(self, n: int, dim: int, paired: bool) -> bool:
         """Whether ``n`` calibration rows of dimension ``dim`` can judge this candidate."""
@@ -144,6 +151,7 @@ for _candidate in (
         min_rows=ADAPTER_MIN_ROWS,
         rows_per_dim=2.0,
         max_repeats=1,
+        needs=("torch",),
     ),
 ):
     register_candidate(_candidate)
