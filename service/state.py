@@ -3,6 +3,7 @@ start/stop/readiness. Vectors mode imports neither torch nor open_clip."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,11 @@ class AppState:
                 s.default_transform,
                 s.default_transform,
             )
+        # what start-up loaded (the store's item maps, the model) lives as long as the process:
+        # moved out of the collector's reach, a full collection no longer walks it on the event
+        # loop (wrk at 32 connections, hnsw 300k: p99 137-146 ms -> 63-82 ms)
+        gc.collect()
+        gc.freeze()
         self.started = True
 
     def _load_model(self) -> None:
@@ -148,6 +154,7 @@ class AppState:
             self.transforms.close()
         if self.store is not None:
             await to_thread.run_sync(self.store.close)
+        gc.unfreeze()  # what start-up froze can be collected again (in-process apps, tests)
         self.started = False
         log.info("gapfix service stopped")
 
