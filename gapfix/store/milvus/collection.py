@@ -81,16 +81,24 @@ class View:
         return out
 
 
-def sum_changes(deltas: dict[str, tuple[dict[str, int], Sums]]) -> tuple[dict[str, int], Sums]:
-    """The sum of several replicas' (counts, sums) changes."""
-    counts: dict[str, int] = {}
-    sums: Sums = {}
-    for c, per in deltas.values():
-        for m, n in c.items():
-            counts[m] = counts.get(m, 0) + int(n)
-        for space, x in per.items():
-            sums[space] = add_sums(sums[space], x, 1) if space in sums else x
+Changes = tuple[dict[str, int], Sums]  # (counts per modality, sums per space)
+
+
+def add_changes(a: Changes, b: Changes) -> Changes:
+    """``a + b``: counts by modality, sums by space (a space only one side has is kept)."""
+    counts = {m: int(a[0].get(m, 0)) + int(b[0].get(m, 0)) for m in {*a[0], *b[0]}}
+    sums = dict(a[1])
+    for space, x in b[1].items():
+        sums[space] = add_sums(sums[space], x, 1) if space in sums else x
     return counts, sums
+
+
+def sum_changes(deltas: dict[str, Changes]) -> Changes:
+    """The sum of several replicas' changes."""
+    total: Changes = ({}, {})
+    for changes in deltas.values():
+        total = add_changes(total, changes)
+    return total
 
 
 def new_replica_id() -> str:
@@ -131,7 +139,7 @@ class MilvusCollection(Reads, TransformSwitch):
         self._rebuilder = Rebuilder(name, self._write_lock)
         self._data_ready = False  # the Milvus collection exists (ensure_data_collection)
         self._closed = False
-        self._own: tuple[dict[str, int], Sums] = ({}, {})  # this replica's changes
+        self._own: Changes = ({}, {})  # this replica's changes
         self._view = self._read(with_sums=True)
         self._own = self._own_from_state
         self.index_kind: str = self._view.doc["index"]
@@ -205,18 +213,11 @@ class MilvusCollection(Reads, TransformSwitch):
 
     def _write_changes(self, counts: dict[str, int], sums: Sums) -> None:
         """Add a write's changes to this replica's row (the only writer of that row)."""
-        own_counts, own_sums = self._own
-        new_counts = {m: own_counts.get(m, 0) + counts.get(m, 0) for m in {*own_counts, *counts}}
-        new_sums = dict(own_sums)
-        for space, x in sums.items():
-            new_sums[space] = add_sums(new_sums[space], x, 1) if space in new_sums else x
-        self.meta.put_delta(self.name, self.replica, new_counts, new_sums)
-        self._own = (new_counts, new_sums)
+        own = add_changes(self._own, (counts, sums))
+        self.meta.put_delta(self.name, self.replica, *own)
+        self._own = own
         v = self._view
-        delta = dict(v.delta)
-        for space, x in sums.items():
-            delta[space] = add_sums(delta[space], x, 1) if space in delta else x
-        dc = {m: v.delta_counts.get(m, 0) + counts.get(m, 0) for m in {*v.delta_counts, *counts}}
+        dc, delta = add_changes((v.delta_counts, v.delta), (counts, sums))
         self._view = View(v.doc, v.transform, v.pending, v.base, delta, dc, v.read_at)
 
     def _check_open(self) -> None:

@@ -19,9 +19,7 @@ the new slot is complete. Either way no answer mixes the two spaces.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from gapfix.store.milvus.conn import SLOTS, unavailable_as_503
@@ -40,22 +38,11 @@ from gapfix.store.rebuild import (
 log = logging.getLogger(__name__)
 
 
-def transform_to_bytes(transform: Any) -> bytes:
-    """A fitted transform as artifact bytes (safetensors)."""
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "t.safetensors"
-        transform.save(path)
-        return path.read_bytes()
-
-
 def transform_from_bytes(data: bytes) -> Any:
     """The transform of artifact bytes."""
-    from gapfix.transforms.artifact import load_transform
+    from gapfix.transforms.artifact_stores import decode_artifact
 
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "t.safetensors"
-        path.write_bytes(data)
-        return load_transform(path)
+    return decode_artifact(data)[0]
 
 
 class TransformSwitch:
@@ -176,9 +163,10 @@ class TransformSwitch:
 
     # ------------------------------------------------------------------ the job
     def _save_artifact(self, transform: Any) -> str:
+        from gapfix.transforms.artifact import transform_bytes
         from gapfix.transforms.registry import fingerprint
 
-        data = transform_to_bytes(transform)
+        data = transform_bytes(transform)
         fp = fingerprint(data)  # as the embedded store's and the named-transform registry's
         self.meta.put_artifact(self.name, fp, data)  # type: ignore[attr-defined]
         return fp
