@@ -1,6 +1,6 @@
 """`auto` fit time: the 250 real COCO pairs (budget 3 s) and 10k x 512 synthetic pairs (60 s).
 
-Each figure is one `auto` fit (default objective and candidates, 3-fold x 3 repeats, the
+Each figure is one `auto` fit (default objective and candidates, 2-fold x 5 repeats, the
 continuous shrinkage search included) after one warm-up fit on a tiny set, so imports and
 first-call costs are not counted. The ratio is time / budget: at most 1 meets the target.
 ``GAPFIX_BENCH_AUTO_ROWS`` changes the synthetic row count.

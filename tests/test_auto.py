@@ -217,9 +217,11 @@ def test_moments_eigh_is_recomputed_after_an_update() -> None:
     m = Moments(4, outer=True)
     m.update(rng.standard_normal((10, 4)).astype(np.float32))
     first = m.cov_eigh()
-    assert m.cov_eigh() is first
+    assert m.cov_eigh()[1] is first[1] and m.cov_eigh32()[1].dtype == np.float32
+    assert m.memo("k", lambda: [1]) is m.memo("k", lambda: [2])  # kept for the same key
     m.update(rng.standard_normal((10, 4)).astype(np.float32))
-    assert m.cov_eigh() is not first
+    assert m.cov_eigh()[1] is not first[1]
+    assert m.memo("k", lambda: [2]) == [2]  # an update forgets it
 
 
 def test_whiten_artifacts_from_before_shrinkage_estimates_still_load(tmp_path) -> None:
@@ -268,7 +270,7 @@ def test_the_adapter_is_a_candidate_once_the_data_can_judge_it() -> None:
     rows = {r["method"]: r for r in t.fit_table_}
     adapter = rows["contrastive-adapter"]
     assert adapter["params"] == {"patience": 5}
-    assert adapter["folds_used"] == 3 and rows["centering"]["folds_used"] == 9
+    assert adapter["folds_used"] == 2 and rows["centering"]["folds_used"] == 10
     for key in ("mixed_R@10", "t2i_R@1_diff", "t2i_R@1_diff_se", "gap"):
         assert np.isfinite(adapter[key]), key
     assert adapter["gap"] < 0.5 * rows["identity"]["gap"]  # it closes the gap on held-out pairs

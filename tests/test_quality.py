@@ -26,6 +26,7 @@ COCO_MEASURED = [  # method, params, gap, t2i R@1, i2t R@1, mixed R@10 (fixed fo
     ("mean-shift", {"lam": 1.0}, 0.114, 0.532, 0.536, 0.608),
     ("standardize", {}, 0.149, 0.660, 0.692, 0.744),
     ("whiten", {"shrinkage": 0.9}, 0.153, 0.700, 0.728, 0.844),
+    ("whiten", {"shrinkage": 0.9, "image_strength": 0.8}, 0.208, 0.716, 0.724, 0.848),
     ("whiten", {}, 0.166, 0.612, 0.572, 0.712),  # Ledoit-Wolf: ~0.3 on 125 pairs
     ("procrustes", {}, 0.165, 0.264, 0.252, 0.492),
 ]
@@ -53,19 +54,20 @@ def test_methods_on_coco_fixed_folds(coco, row) -> None:
 
 def test_auto_on_coco_keeps_both_r1_and_lifts_mixed(coco) -> None:
     r = cross_fit(*_data(coco), "auto")
-    # measured: whitening at shrinkage ~0.84 on each half (the small-data fallback decides)
-    assert_figures(r, {"gap": 0.152, "t2i_R@1": 0.692, "i2t_R@1": 0.720, "mixed_R@10": 0.836})
+    # measured: partial whitening (images at strength 0.7-0.8) on each half, chosen by the
+    # small-data fallback; it leaves more of the gap (0.27) than plain whitening (0.15)
+    assert_figures(r, {"gap": 0.268, "t2i_R@1": 0.716, "i2t_R@1": 0.704, "mixed_R@10": 0.848})
     # what `fit` printed out of fold on each half, against what the other half then gave
-    assert r["oof_mixed_R@10"] == pytest.approx(0.833, abs=CLOSE)
-    assert r["oof_t2i_R@1"] == pytest.approx(0.675, abs=CLOSE)
-    assert r["oof_i2t_R@1"] == pytest.approx(0.716, abs=CLOSE)
+    assert r["oof_mixed_R@10"] == pytest.approx(0.845, abs=CLOSE)
+    assert r["oof_t2i_R@1"] == pytest.approx(0.700, abs=CLOSE)
+    assert r["oof_i2t_R@1"] == pytest.approx(0.699, abs=CLOSE)
 
 
 def test_auto_on_convirt_does_no_harm(convirt) -> None:
     r = cross_fit(*_data(convirt), "auto")
     assert_figures(r, CONVIRT_RAW, raw=True)
-    # measured: both R@1 rise a little (0.046 -> 0.056, 0.016 -> 0.058), the gap closes
-    assert_figures(r, {"gap": 0.117, "t2i_R@1": 0.056, "i2t_R@1": 0.058, "mixed_R@10": 0.122})
+    # measured: text->image 0.046 -> 0.044 (one query), image->text 0.016 -> 0.064
+    assert_figures(r, {"gap": 0.236, "t2i_R@1": 0.044, "i2t_R@1": 0.064, "mixed_R@10": 0.122})
 
 
 def test_target_gap_reaches_the_gap_it_is_asked_for(coco) -> None:
@@ -118,23 +120,26 @@ def _acceptance(x: np.ndarray, y: np.ndarray, splits: int = 20) -> dict[str, np.
 def test_auto_over_20_random_splits_of_coco(coco) -> None:
     a = _acceptance(*_data(coco))
     t2i, i2t = a["t2i_R@1"] - a["raw_t2i_R@1"], a["i2t_R@1"] - a["raw_i2t_R@1"]
-    # measured (`python -m benchmarks.quality_table`): 75 % / 100 % of splits keep text->image /
-    # image->text R@1 within 0.01 of raw (the issue asks 90 %: not reachable here, see README)
-    assert np.mean(t2i >= -0.01) == pytest.approx(0.75, abs=0.051)
-    assert np.mean(i2t >= -0.01) == pytest.approx(1.0, abs=0.051)
-    assert np.mean(a["mixed_R@10"] >= a["centering_mixed_R@10"]) == pytest.approx(0.95, abs=0.051)
+    # measured (`python -m benchmarks.quality_table`): 95 % / 95 % of splits keep text->image /
+    # image->text R@1 within 0.01 of raw (the issue asks >= 90 %), and every split reaches
+    # centering's mixed R@10
+    assert np.mean(t2i >= -0.01) == pytest.approx(0.95, abs=0.051)
+    assert np.mean(i2t >= -0.01) == pytest.approx(0.95, abs=0.051)
+    assert np.mean(a["mixed_R@10"] >= a["centering_mixed_R@10"]) == pytest.approx(1.0, abs=0.051)
     bias = {key: np.mean(a[f"oof_{key}"] - a[key]) for key in KEYS}
-    for key in ("gap", "t2i_R@1", "i2t_R@1"):  # `fit`'s out-of-fold figures vs the unseen half
+    for key in KEYS:  # `fit`'s out-of-fold figures vs the unseen half: within 0.03 (the issue)
         assert abs(bias[key]) <= 0.03, key
-    assert bias["mixed_R@10"] == pytest.approx(0.037, abs=0.01)  # optimistic: see README
+    # measured: gap -0.019, t2i -0.003, i2t -0.015, mixed R@10 +0.025 (see README)
+    assert bias["mixed_R@10"] == pytest.approx(0.025, abs=0.005)
+    assert bias["i2t_R@1"] == pytest.approx(-0.015, abs=0.005)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_auto_over_20_random_splits_of_convirt(convirt) -> None:
     a = _acceptance(*_data(convirt))
-    # measured: text->image +0.003 ± 0.007, image->text +0.033 ± 0.015 against raw
-    assert np.mean(a["t2i_R@1"] - a["raw_t2i_R@1"]) == pytest.approx(0.003, abs=0.005)
-    assert np.mean(a["i2t_R@1"] - a["raw_i2t_R@1"]) == pytest.approx(0.033, abs=0.005)
+    # measured: text->image +0.005, image->text +0.029 against raw (means over the splits)
+    assert np.mean(a["t2i_R@1"] - a["raw_t2i_R@1"]) == pytest.approx(0.005, abs=0.005)
+    assert np.mean(a["i2t_R@1"] - a["raw_i2t_R@1"]) == pytest.approx(0.029, abs=0.005)
     for key in KEYS:  # measured biases all within 0.007
         assert abs(np.mean(a[f"oof_{key}"] - a[key])) <= 0.015, key

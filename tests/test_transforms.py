@@ -417,3 +417,48 @@ def test_rows_of_any_length_map_like_their_unit_rows(gapped, method: str, monkey
             monkeypatch.setattr(kernels, "PARALLEL_MIN_ROWS", 1)  # the parallel kernel
             np.testing.assert_allclose(unit_fit.transform(scaled, modality), want, atol=1e-5)
             monkeypatch.setattr(kernels, "PARALLEL_MIN_ROWS", 65_536)
+
+
+@pytest.mark.parametrize(("bi", "bt"), [(0.7, 1.0), (1.0, 0.8), (0.5, 0.5)])
+def test_partial_whitening_blends_each_row_with_its_whitened_image(tmp_path, bi, bt) -> None:
+    """strength b: y = n((1 - b) u + b (u - mean) W / rms), rms the whitened rows' RMS norm;
+    it is one affine map, so every apply path and the artifact carry it unchanged."""
+    x, y = make_gapped(300, d=16, seed=21)
+    full = make_transform("whiten", shrinkage=0.5).fit(x, y)
+    t = make_transform("whiten", shrinkage=0.5, image_strength=bi, text_strength=bt).fit(x, y)
+    for i, (z, modality, b) in enumerate(((x, "image", bi), (y, "text", bt))):
+        u = z / np.linalg.norm(z, axis=1, keepdims=True)
+        mean = (full.mean_image_, full.mean_text_)[i].astype(np.float64)
+        w = (full.whitener_image_, full.whitener_text_)[i].astype(np.float64)
+        whitened = (u - mean) @ w
+        rms = np.sqrt(np.mean(np.sum(whitened**2, axis=1)))
+        assert t.rms_[i] == pytest.approx(rms, rel=1e-4)
+        want = (1 - b) * u + b * whitened / rms
+        want /= np.linalg.norm(want, axis=1, keepdims=True)
+        np.testing.assert_allclose(t.transform(z, modality), want, atol=2e-5)
+        np.testing.assert_allclose(
+            t.transform(torch.from_numpy(z), modality).numpy(), want, atol=2e-5
+        )
+    t.save(tmp_path / "p.gapfix")
+    back = load_transform(tmp_path / "p.gapfix")
+    assert (back.image_strength, back.text_strength) == (bi, bt)
+    np.testing.assert_array_equal(back.transform(x, "image"), t.transform(x, "image"))
+    with pytest.raises(InputError, match="image_strength"):
+        make_transform("whiten", image_strength=0.0)
+
+
+def test_partial_whitening_without_its_scale_is_refused(tmp_path) -> None:
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    from gapfix.transforms.artifact import read_metadata
+
+    x, y = make_gapped(60, d=8, seed=9)
+    make_transform("whiten", shrinkage=0.5, image_strength=0.5).fit(x, y).save(tmp_path / "a")
+    arrays = load_file(tmp_path / "a")
+    del arrays["rms_"]
+    meta = read_metadata(tmp_path / "a")
+    save_file(arrays, tmp_path / "b", metadata={"gapfix": json.dumps(meta)})
+    with pytest.raises(ArtifactError, match="rms_"):
+        load_transform(tmp_path / "b")

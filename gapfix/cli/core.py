@@ -274,7 +274,8 @@ def _report_out_of_fold(transform: Any, method: str, x: np.ndarray, y: np.ndarra
         return []  # auto's degenerate candidates are in fit_stats_["warnings"]
     params = {k: v for k, v in transform.get_params().items() if k != "renormalize"}
     raw, fitted, k = fit_report.out_of_fold(method, params, x, y, transform.renormalize)
-    fit_report.print_figures(console, in_sample, raw, fitted, f"one {k}-fold split")
+    how = f"{k}-fold cross-validation x {fit_report.NAMED_REPEATS}"
+    fit_report.print_figures(console, in_sample, raw, fitted, how)
     lines = fit_report.below_raw(raw, fitted, 0.01)
     return [f"{method} scores below raw: " + "; ".join(lines)] if lines else []
 

@@ -7,7 +7,7 @@ from typing import Any
 from gapfix.errors import InputError
 from gapfix.transforms.adapter import ContrastiveAdapter
 from gapfix.transforms.auto import OBJECTIVES, AutoTransform
-from gapfix.transforms.base import GapTransform, Kernel
+from gapfix.transforms.base import GapTransform, Kernel, param_defaults
 from gapfix.transforms.methods import (
     AblateDims,
     Centering,
@@ -68,10 +68,7 @@ def make_transform(method: str, **params: Any) -> GapTransform:
     cls = TRANSFORMS.get(method)
     if cls is None:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}", "method")
-    import inspect
-
-    sig = inspect.signature(cls.__init__)
-    valid = {p: sig.parameters[p].default for p in sig.parameters if p != "self"}
+    valid = param_defaults(cls)
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise InputError(

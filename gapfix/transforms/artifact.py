@@ -165,6 +165,8 @@ def _check_arrays(arrays: dict[str, np.ndarray], dim: int, path: Any) -> None:
             ok = a.shape == (1,)
         elif name == "shrinkage_":
             ok = a.shape == (2,) and bool(np.all((a >= 0) & (a <= 1)))
+        elif name == "rms_":
+            ok = a.shape == (2,) and bool(np.all(a > 0))
         elif name == "dims_":
             ok = (
                 a.ndim == 1
@@ -189,5 +191,6 @@ def _check_arrays(arrays: dict[str, np.ndarray], dim: int, path: Any) -> None:
 def transform_arrays(transform: Any) -> list[str]:
     """Names of the arrays a fitted transform of this kind must have (optional ones excluded)."""
     target = getattr(transform, "best_", transform)
-    optional = {"mean_query_text_", "shrinkage_"}  # shrinkage_: absent before format 1.1
+    # shrinkage_: absent before format 1.1; rms_: before whitening's strength (needed below 1)
+    optional = {"mean_query_text_", "shrinkage_", "rms_"}
     return [a for a in target.fitted_arrays if a not in optional]

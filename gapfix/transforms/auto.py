@@ -20,7 +20,7 @@ from gapfix.transforms.base import GapTransform
 from gapfix.validation import check_embeddings, check_labels, check_paired, check_same_dim
 
 OBJECTIVES = tuple(selection.OBJECTIVE_REGISTRY)
-SEARCH_ITERATIONS = 8  # evaluations of the continuous shrinkage search
+SEARCH_ITERATIONS = 6  # evaluations of the continuous shrinkage search
 FIT_BLAS_THREADS = 1
 
 
@@ -47,8 +47,8 @@ class AutoTransform(GapTransform):
     def __init__(
         self,
         objective: str = "balanced",
-        folds: int = 3,
-        repeats: int = 3,
+        folds: int = 2,
+        repeats: int = 5,
         methods: str | list[str] | None = None,
         tolerance: float = 0.01,
         z: float = 1.645,

@@ -8,6 +8,7 @@ sample used for fit statistics and methods that need rows); ``fit`` is reset + o
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from dataclasses import dataclass
@@ -47,16 +48,18 @@ class Kernel:
         shift: np.ndarray | None = None,
         scale: np.ndarray | None = None,
         matrix: np.ndarray | None = None,
+        offset: np.ndarray | None = None,
     ) -> Kernel:
-        """Fold ``((x - shift) * scale) @ matrix`` into one multiply and one add."""
+        """Fold ``((x - shift) * scale) @ matrix + offset`` into one multiply and one add
+        (``offset`` only with a matrix)."""
         f32 = np.float32
         if matrix is not None:
             m = matrix.astype(np.float64)
             if scale is not None:
                 m = scale.astype(np.float64)[:, None] * m
-            bias = None
+            bias = None if offset is None else offset.astype(np.float64)
             if shift is not None:
-                bias = -(shift.astype(np.float64) @ m)
+                bias = -(shift.astype(np.float64) @ m) + (0.0 if bias is None else bias)
             return cls(
                 matrix=np.ascontiguousarray(m, f32), bias=None if bias is None else bias.astype(f32)
             )
@@ -100,6 +103,13 @@ def _tf32_possible(torch: Any, device: Any) -> bool:
     )
 
 
+@functools.cache
+def param_defaults(cls: type) -> dict[str, Any]:
+    """A transform class's constructor parameters and their defaults (read once per class)."""
+    sig = inspect.signature(cls.__init__)
+    return {p: sig.parameters[p].default for p in sig.parameters if p != "self"}
+
+
 class GapTransform:
     """Base class: parameters in ``__init__``, fitted attributes end in ``_``, ``fit`` returns self."""
 
@@ -116,8 +126,7 @@ class GapTransform:
     # ------------------------------------------------------------------ parameters
     @classmethod
     def param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
+        return list(param_defaults(cls))
 
     def get_params(self) -> dict[str, Any]:
         """Constructor parameters and their values (JSON-safe)."""
@@ -285,7 +294,7 @@ class GapTransform:
         """Set the fitted attributes from the accumulated moments (subclasses)."""
 
     def _kernel_parts(self, modality: str) -> dict[str, np.ndarray | None]:
-        """Return ``shift``/``scale``/``matrix`` for ``modality`` (subclasses)."""
+        """Return ``shift``/``scale``/``matrix`` (and ``offset``) for ``modality`` (subclasses)."""
         return {}
 
     # ------------------------------------------------------------------ applying
@@ -309,7 +318,9 @@ class GapTransform:
         k = self._kernels.get(key)
         if k is None:
             parts = self._kernel_parts(key)
-            k = Kernel.affine(parts.get("shift"), parts.get("scale"), parts.get("matrix"))
+            k = Kernel.affine(
+                parts.get("shift"), parts.get("scale"), parts.get("matrix"), parts.get("offset")
+            )
             self._kernels[key] = k
         return k
 

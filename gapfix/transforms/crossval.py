@@ -82,7 +82,8 @@ def paired_scores(
 ) -> dict[str, Any]:
     """R@1 both ways and mixed R@10 of the held-out pairs, searched among all corpus rows.
 
-    ``gap`` is the centroid gap expected when the fit on all n calibration rows meets as many
+    ``moved`` is the mean squared distance a held-out unit row moves (both modalities), what
+    the selection rule's tie-break calls "moving the data". ``gap`` is the centroid gap expected when the fit on all n calibration rows meets as many
     unseen pairs as the corpus holds. The squared gap of the m held-out pairs carries the noise
     v/m of their own mean and v/n_train of the means fitted on the training rows
     (v = tr Cov(x - y)); both are swapped for the noise at full size, v/corpus + v/n. Uncorrected,
@@ -100,12 +101,16 @@ def paired_scores(
     noise = float(d.var(axis=0, ddof=1).sum()) if m > 1 else 0.0
     swap = 1 / len(rows) + 1 / fold.n - 1 / m - 1 / len(fold.train)
     sq = float(np.sum(d.mean(axis=0) ** 2)) + noise * swap
+    moved = np.mean(np.sum((ci[:m] - image[fold.val]) ** 2, axis=1)) + np.mean(
+        np.sum((ct[:m] - text[fold.val]) ** 2, axis=1)
+    )
     return {
         "t2i_R@1": float(np.mean(t2i < 1)),
         "i2t_R@1": float(np.mean(i2t < 1)),
         "R@1_mean": float(np.mean(t2i < 1) + np.mean(i2t < 1)) / 2,
         "mixed_R@10": float(np.mean(mixed < 10)),
         "gap": float(np.sqrt(max(sq, 0.0))),
+        "moved": float(moved) / 2,
     }
 
 

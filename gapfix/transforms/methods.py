@@ -196,21 +196,39 @@ class Whiten(GapTransform):
     number ``a`` in [0, 1] or chosen from the data per modality: ``"lw"`` (Ledoit-Wolf, the
     default) or ``"oas"`` (Oracle Approximating Shrinkage), both from ``sklearn.covariance`` on
     the calibration rows. The coefficients used are kept in ``shrinkage_`` (image, text).
+
+    ``image_strength`` and ``text_strength`` (b in (0, 1], 1 = plain whitening) blend each unit
+    row of that modality with its whitened image, scaled to the same mean squared norm as the
+    rows: ``y = (1 - b) x + b (x - mean) W / rms``, an affine map like the others. b < 1 keeps
+    part of the raw geometry; on the COCO dev file, images at 0.7-0.8 with texts fully whitened
+    keep both R@1 more often than plain whitening and lose no mixed R@10. ``rms_`` holds the
+    scales (image, text).
     """
 
     method = "whiten"
-    param_bounds = (("eps", 1e-12, 1.0),)
+    param_bounds = (
+        ("eps", 1e-12, 1.0),
+        ("image_strength", 1e-3, 1.0),
+        ("text_strength", 1e-3, 1.0),
+    )
     needs_outer = True
     fitted_arrays = (
-        "mean_image_", "mean_text_", "whitener_image_", "whitener_text_", "shrinkage_",
+        "mean_image_", "mean_text_", "whitener_image_", "whitener_text_", "shrinkage_", "rms_",
     )  # fmt: skip
 
     def __init__(
-        self, shrinkage: float | str = "lw", eps: float = 1e-6, renormalize: bool = True
+        self,
+        shrinkage: float | str = "lw",
+        eps: float = 1e-6,
+        image_strength: float = 1.0,
+        text_strength: float = 1.0,
+        renormalize: bool = True,
     ) -> None:
         super().__init__(renormalize)
         self.shrinkage = shrinkage
         self.eps = eps
+        self.image_strength = image_strength
+        self.text_strength = text_strength
 
     def validate_params(self) -> None:
         """``shrinkage``: 'lw', 'oas' or a number in [0, 1] (numeric strings become floats)."""
@@ -238,8 +256,9 @@ class Whiten(GapTransform):
         samples = self.calibration_sample()
         amounts = [self._amount(z) for z in samples]
         self.shrinkage_ = np.array(amounts, dtype=np.float64)
-        self.whitener_image_ = self._whitener(image, amounts[0])
-        self.whitener_text_ = self._whitener(text, amounts[1])
+        self.whitener_image_, rms_image = self._whitener(image, amounts[0])
+        self.whitener_text_, rms_text = self._whitener(text, amounts[1])
+        self.rms_ = np.array([rms_image, rms_text], dtype=np.float64)
 
     def _amount(self, rows: np.ndarray) -> float:
         """The shrinkage coefficient for one modality (estimated from its rows if asked)."""
@@ -254,19 +273,59 @@ class Whiten(GapTransform):
             return float(ledoit_wolf_shrinkage(z))
         return float(OAS(store_precision=False).fit(z).shrinkage_)
 
-    def _whitener(self, moments: Moments, a: float) -> np.ndarray:
+    def _whitener(self, moments: Moments, a: float) -> tuple[np.ndarray, float]:
+        """W for shrinkage ``a``, and the RMS norm of the whitened calibration rows.
+
+        Memoised on the moments with the eigendecomposition: ``auto``'s candidates that
+        share a fold and a shrinkage (with different strengths) share one W.
+        """
+        return moments.memo(("whitener", float(a), self.eps), lambda: self._whitener_of(moments, a))
+
+    def _whitener_of(self, moments: Moments, a: float) -> tuple[np.ndarray, float]:
         # Shrinkage towards a scaled identity keeps the eigenvectors of cov, so one
         # eigendecomposition (memoised on the moments) serves every shrinkage value.
-        vals, vecs = moments.cov_eigh()
-        vals = (1 - a) * vals + a * (vals.sum() / vals.size)
-        inv_sqrt = (1.0 / np.sqrt(np.maximum(vals, 0.0) + self.eps)).astype(np.float32)
-        v32 = vecs.astype(np.float32)  # a float32 product: half the time, ~1e-6 relative error
-        return (v32 * inv_sqrt) @ v32.T
+        raw, v32 = moments.cov_eigh32()  # a float32 product: half the time, ~1e-6 relative error
+        vals = np.maximum((1 - a) * raw + a * (raw.sum() / raw.size), 0.0) + self.eps
+        inv_sqrt = 1.0 / np.sqrt(vals)
+        rms = float(np.sqrt(max(np.sum(np.maximum(raw, 0.0) / vals), 1e-12)))
+        # W = f0 I + V (f - f0) V^T with f0 the null space's factor: fitted on fewer rows than
+        # dimensions, only the rows' span differs from f0, so W costs d^2 r instead of d^3
+        f0 = 1.0 / np.sqrt(max(a * raw.sum() / raw.size, 0.0) + self.eps)
+        diff = inv_sqrt - f0
+        keep = np.abs(diff) > 1e-7 * inv_sqrt.max()
+        v = v32[:, keep]
+        w = (v * diff[keep].astype(np.float32)) @ v.T
+        w[np.diag_indices_from(w)] += np.float32(f0)
+        return w, rms
+
+    def load_state(
+        self, arrays: dict[str, np.ndarray], dim: int, fit_stats: dict[str, Any]
+    ) -> None:
+        """Restore the arrays; a strength below 1 needs ``rms_`` (refused here, not on use)."""
+        super().load_state(arrays, dim, fit_stats)
+        self._check_scale()
+
+    def _check_scale(self) -> None:
+        partial = min(float(self.image_strength), float(self.text_strength)) < 1.0
+        if partial and getattr(self, "rms_", None) is None:
+            from gapfix.errors import ArtifactError
+
+            raise ArtifactError(
+                "whiten with a strength below 1 needs the fitted array 'rms_'", param="transform"
+            )
 
     def _kernel_parts(self, modality: str) -> dict[str, Any]:
-        if modality == "image":
-            return {"shift": self.mean_image_, "matrix": self.whitener_image_}
-        return {"shift": self.mean_text_, "matrix": self.whitener_text_}
+        i = 0 if modality == "image" else 1
+        mean = (self.mean_image_, self.mean_text_)[i]
+        w = (self.whitener_image_, self.whitener_text_)[i]
+        b = float((self.image_strength, self.text_strength)[i])
+        if b >= 1.0:
+            return {"shift": mean, "matrix": w}
+        self._check_scale()
+        # (1 - b) x + (b / rms) (x - mean) W  ==  x M + offset
+        part = (b / float(self.rms_[i])) * w.astype(np.float64)
+        m = part + (1.0 - b) * np.eye(w.shape[0])
+        return {"matrix": m, "offset": -(mean.astype(np.float64) @ part)}
 
 
 class AblateDims(GapTransform):

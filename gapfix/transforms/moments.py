@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,11 +24,13 @@ class Moments:
         self.sum = np.zeros(dim, dtype=np.float64)
         self.sumsq = np.zeros(dim, dtype=np.float64)
         self.outer = np.zeros((dim, dim), dtype=np.float64) if outer else None
-        self._eigh: tuple[np.ndarray, np.ndarray] | None = None
+        self._eigh: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._memo: tuple[Any, Any] | None = None
 
     def update(self, x: np.ndarray) -> None:
         """Add the rows of ``x`` (float32, 2-D)."""
         self._eigh = None
+        self._memo = None
         for start in range(0, x.shape[0], FIT_BLOCK_ROWS):
             block = np.ascontiguousarray(x[start : start + FIT_BLOCK_ROWS], dtype=np.float32)
             self.n += block.shape[0]
@@ -42,6 +46,13 @@ class Moments:
     @property
     def var(self) -> np.ndarray:
         return np.maximum(self.sumsq / max(self.n, 1) - self.mean**2, 0.0)
+
+    def memo(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``, kept for the next call with the same ``key`` (one entry: a d x d
+        value per fold's moments is all ``auto`` can afford to keep)."""
+        if self._memo is None or self._memo[0] != key:
+            self._memo = (key, compute())
+        return self._memo[1]
 
     @property
     def cov(self) -> np.ndarray:
@@ -62,8 +73,15 @@ class Moments:
 
             cov = self.cov
             with threadpool_limits(limits=1, user_api="blas"):
-                self._eigh = np.linalg.eigh((cov + cov.T) / 2)
-        return self._eigh
+                vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
+            self._eigh = (vals, vecs, vecs.astype(np.float32))
+        return self._eigh[0], self._eigh[1]
+
+    def cov_eigh32(self) -> tuple[np.ndarray, np.ndarray]:
+        """``cov_eigh`` with float32 eigenvectors (kept with them: products reuse one copy)."""
+        self.cov_eigh()
+        assert self._eigh is not None
+        return self._eigh[0], self._eigh[2]
 
 
 class CrossMoments:
