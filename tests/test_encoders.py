@@ -29,8 +29,9 @@ from gapfix.encoders import (
     load_encoder,
     resolve_weights,
 )
-from gapfix.encoders.loading import probe, resolve_device, resolve_precision
+from gapfix.encoders.loading import resolve_device, resolve_precision
 from gapfix.encoders.testing import register_tiny_model, tiny_config
+from gapfix.encoders.weights import probe
 from gapfix.errors import InputError, PayloadTooLargeError
 
 TINY = register_tiny_model()

@@ -68,6 +68,9 @@ def test_ray_embed_equals_local_and_resumes(ray_local, setup):
     opts = EmbedOptions(workers=1, ray="local", **setup["opts"])
     s = run_embed(setup["table"], out, opts, encoder=setup["enc"])
     assert s["complete"] and s["shards_written"] == 4 and s["failures"] == 5
+    # the timing a rate after start-up is computed from (benchmarks/bench_embed.py)
+    assert 0 < s["first_result_s"] <= s["last_result_s"] <= s["seconds"]
+    assert 0 < s["first_items"] <= 11  # 10 rows + the oversized image, 4 per shard
     _same(out, setup["local"])
     assert any(f["id"] == "huge" for f in read_failures(out))
     # shard-level resume on Ray: a lost shard is redone, the others are skipped

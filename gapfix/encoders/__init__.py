@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "load_encoder": "gapfix.encoders.loading",
-    "resolve_weights": "gapfix.encoders.loading",
+    "resolve_weights": "gapfix.encoders.weights",
     "ClipEncoder": "gapfix.encoders.encoder",
     "MicroBatcher": "gapfix.encoders.batching",
     "decode_image": "gapfix.encoders.images",
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from gapfix.encoders.encoder import ClipEncoder
     from gapfix.encoders.errors import EncoderClosedError, ModelLoadError
     from gapfix.encoders.images import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, decode_image
-    from gapfix.encoders.loading import load_encoder, resolve_weights
+    from gapfix.encoders.loading import load_encoder
+    from gapfix.encoders.weights import resolve_weights
 
 
 def __getattr__(name: str) -> Any:

@@ -308,6 +308,7 @@ def run_embed(
     if "first_result_s" in timing:  # Ray: time until results came back (start-up, model loads)
         summary["first_result_s"] = round(timing["first_result_s"], 3)
         summary["first_items"] = int(timing["first_items"])
+        summary["last_result_s"] = round(timing["last_result_s"], 3)
     if "model_s" in timing:
         busy = timing["model_s"] / max(timing["model_s"] + timing["wait_s"], 1e-9)
         summary["model_s"] = round(timing["model_s"], 3)

@@ -255,7 +255,8 @@ def drain_shards(
 
     Returns the shards left incomplete (none unless rows were lost). ``timing`` gets
     ``first_result_s`` (seconds until the first results came back: worker start-up, model
-    loads, the first batches) and ``first_items``.
+    loads, the first batches), ``first_items`` and ``last_result_s`` (the last results), so a
+    rate after start-up is (items - first_items) / (last_result_s - first_result_s).
     """
     assemblers: dict[int, ShardAssembler] = {}
     t0 = time.perf_counter()
@@ -264,6 +265,8 @@ def drain_shards(
         if timing is not None and "first_result_s" not in timing:
             timing["first_result_s"] = time.perf_counter() - t0
             timing["first_items"] = float(batch["lead"].sum()) if count_items else float(n)
+        if timing is not None:
+            timing["last_result_s"] = time.perf_counter() - t0
         items = fails = 0
         for i in range(n):
             shard = int(batch["shard"][i])
