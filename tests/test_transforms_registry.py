@@ -201,3 +201,32 @@ def test_kill_9_during_replace_leaves_a_loadable_artifact(tmp_path: Path, data) 
         assert reg.get("t").fingerprint in {fingerprint(p.read_bytes()) for p in blobs}
         assert files(folder) == ["t.gapfix"]
         reg.close()
+
+
+def test_opening_reads_each_artifact_once(tmp_path: Path, data, monkeypatch) -> None:
+    """The listing's fingerprint and the load share one read; a file replaced in between is
+    read again (its size or mtime changed)."""
+    img, txt = data
+    reg = TransformRegistry(tmp_path)
+    reg.put("a", transform_bytes(make_transform("centering").fit(img, txt)))
+    reg.put("b", transform_bytes(make_transform("mean-shift").fit(img, txt)))
+    reg.close()
+    reads: list[str] = []
+    real = Path.read_bytes
+
+    def counting(self: Path) -> bytes:
+        if self.suffix == ".gapfix":
+            reads.append(self.name)
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    again = TransformRegistry(tmp_path)
+    assert again.names() == ["a", "b"] and sorted(reads) == ["a.gapfix", "b.gapfix"]
+    store = again.store
+    store.listing()
+    other = transform_bytes(make_transform("standardize").fit(img, txt))
+    (tmp_path / "a.gapfix").write_bytes(other)  # replaced behind the listing's back
+    os.utime(tmp_path / "a.gapfix", ns=(1, 1))
+    reads.clear()
+    assert store.read("a") == other and reads == ["a.gapfix"]
+    again.close()

@@ -57,7 +57,12 @@ class ArtifactStore(Protocol):
 
 class FolderArtifacts:
     """``<folder>/<name>.gapfix`` files, written atomically; a killed writer's temp files are
-    removed at open. One process owns the folder (``shared`` is False)."""
+    removed at open. One process owns the folder (``shared`` is False).
+
+    ``listing`` reads each file to fingerprint it and keeps the bytes until the next
+    ``listing``: a ``read`` right after it (the registry loading what it listed) takes them
+    from there while the file's size and mtime are unchanged, so opening reads each file once.
+    """
 
     shared = False
 
@@ -65,25 +70,33 @@ class FolderArtifacts:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(self.folder)
+        self._listed: dict[str, tuple[tuple[int, int], bytes]] = {}
 
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}{SUFFIX}"
 
     def listing(self) -> dict[str, tuple[str, float]]:
-        out = {}
+        out, listed = {}, {}
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             try:
-                out[path.name[: -len(SUFFIX)]] = (
-                    fingerprint(path.read_bytes()),
-                    path.stat().st_mtime,
-                )
+                before = path.stat()
+                data = path.read_bytes()
             except OSError:
                 continue
+            name = path.name[: -len(SUFFIX)]
+            out[name] = (fingerprint(data), before.st_mtime)
+            listed[name] = ((before.st_size, before.st_mtime_ns), data)
+        self._listed = listed
         return out
 
     def read(self, name: str) -> bytes | None:
+        path = self._path(name)
+        kept = self._listed.pop(name, None)
         try:
-            return self._path(name).read_bytes()
+            st = path.stat()
+            if kept is not None and kept[0] == (st.st_size, st.st_mtime_ns):
+                return kept[1]
+            return path.read_bytes()
         except OSError:
             return None
 
