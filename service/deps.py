@@ -1,4 +1,10 @@
-"""FastAPI dependencies, all in one place: settings, store, collection, encoder, API-key auth."""
+"""FastAPI dependencies, all in one place: settings, store, collection, encoder, API-key auth.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool,
+one hand-off per dependency per request (four on a search), and none of these block. The one
+that may (a collection another Milvus replica created, looked up over the network) runs its
+slow path in the pool itself.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from gapfix.store import Collection, CollectionStore
 from gapfix.transforms.registry import TransformRegistry
@@ -20,38 +27,41 @@ bearer = HTTPBearer(
 )
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     """The app's runtime state (built by the lifespan)."""
     return request.app.state.gapfix
 
 
-def get_settings(state: Annotated[AppState, Depends(get_state)]) -> Settings:
+async def get_settings(state: Annotated[AppState, Depends(get_state)]) -> Settings:
     return state.settings
 
 
-def get_store(state: Annotated[AppState, Depends(get_state)]) -> CollectionStore:
+async def get_store(state: Annotated[AppState, Depends(get_state)]) -> CollectionStore:
     """The open store; 503 before start-up finished or after shutdown began."""
     if state.store is None or not state.started or state.stopping:
         raise ApiError(503, "the service is not ready", type="not_ready")
     return state.store
 
 
-def get_transforms(state: Annotated[AppState, Depends(get_state)]) -> TransformRegistry:
+async def get_transforms(state: Annotated[AppState, Depends(get_state)]) -> TransformRegistry:
     """The named-transform registry; 503 before start-up finished or after shutdown began."""
     if state.transforms is None or not state.started or state.stopping:
         raise ApiError(503, "the service is not ready", type="not_ready")
     return state.transforms
 
 
-def get_collection(
+async def get_collection(
     store: Annotated[CollectionStore, Depends(get_store)],
     collection: Annotated[str, Path(description="Collection name.", examples=["photos"])],
 ) -> Collection:
     """The collection named in the path; 404 if it does not exist."""
-    return store.get(collection)
+    coll = store.peek(collection)
+    if coll is not None:
+        return coll
+    return await run_in_threadpool(store.get, collection)
 
 
-def get_batcher(state: Annotated[AppState, Depends(get_state)]) -> Any:
+async def get_batcher(state: Annotated[AppState, Depends(get_state)]) -> Any:
     """The encoder's MicroBatcher, or None in vectors mode."""
     return state.batcher
 
@@ -76,7 +86,7 @@ def _check_key(state: AppState, creds: HTTPAuthorizationCredentials | None) -> N
         raise ApiError(401, "invalid API key", param="Authorization", headers=challenge)
 
 
-def require_write(
+async def require_write(
     state: Annotated[AppState, Depends(get_state)],
     creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> None:
@@ -84,7 +94,7 @@ def require_write(
     _check_key(state, creds)
 
 
-def require_read(
+async def require_read(
     state: Annotated[AppState, Depends(get_state)],
     creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> None:

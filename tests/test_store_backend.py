@@ -42,7 +42,7 @@ def _members(proto: type) -> dict[str, object]:
 )
 def test_each_backend_implements_the_protocols(proto: type, impl: type) -> None:
     members = _members(proto)
-    assert len(members) == (24 if proto is Collection else 7)
+    assert len(members) == (24 if proto is Collection else 8)
     for name, want in members.items():
         got = getattr(impl, name)
         if isinstance(want, property):
@@ -167,3 +167,16 @@ def test_close_cancels_the_running_job_and_waits_for_it() -> None:
     body.release.set()
     closer.join(10)
     assert not closer.is_alive() and body.saw_cancelled is True and r.job is None
+
+
+def test_peek_finds_open_collections_without_raising(tmp_path) -> None:
+    """``peek`` (what the service's collection dependency tries on the event loop) answers
+    an open collection and None for any other name; ``get`` still raises NotFoundError."""
+    from gapfix.store import NotFoundError
+
+    s = Store(tmp_path / "d")
+    c = s.create_collection("c")
+    assert s.peek("c") is c and s.peek("nope") is None and s.peek(3) is None  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError):
+        s.get("nope")
+    s.close()

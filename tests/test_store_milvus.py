@@ -239,7 +239,9 @@ def test_replicas_over_one_milvus_share_collections_and_transforms(milvus_store:
         ca = a.create_collection("shared")
         ca.add([ItemIn(f"img{k}", image=img[k]) for k in range(50)]
                + [ItemIn(f"txt{k}", text=txt[k]) for k in range(50)])  # fmt: skip
+        assert a.peek("shared") is ca and b.peek("shared") is None  # peek makes no Milvus call
         cb = b.get("shared")  # created by the other replica after this one started
+        assert b.peek("shared") is cb
         assert cb.counts() == {"image": 50, "text": 50, "document": 0}
         assert ca.fit_transform("centering", wait_seconds=60)
         assert cb.active_transform.method == "centering"

@@ -217,6 +217,10 @@ class CollectionStore(Protocol):
     def get(self, name: str) -> Collection:
         """The named collection; NotFoundError if it does not exist."""
 
+    def peek(self, name: str) -> Collection | None:
+        """The named collection if this process has it open, found without any I/O (safe on
+        an event loop); None otherwise (``get`` then finds it, or says it does not exist)."""
+
     def names(self) -> list[str]:
         """Collection names, sorted."""
 

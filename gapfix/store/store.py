@@ -165,11 +165,15 @@ class Store:
 
     def get(self, name: str) -> EmbeddedCollection:
         """The named collection; NotFoundError if it does not exist."""
-        with self._lock:
-            coll = self._collections.get(name) if isinstance(name, str) else None
+        coll = self.peek(name)
         if coll is None:
             raise NotFoundError(f"collection {name!r} not found", param="collection")
         return coll
+
+    def peek(self, name: str) -> EmbeddedCollection | None:
+        """The named collection, or None (every collection is open: no I/O either way)."""
+        with self._lock:
+            return self._collections.get(name) if isinstance(name, str) else None
 
     def delete_collection(self, name: str) -> None:
         """Delete a collection and its files; NotFoundError if it does not exist."""

@@ -192,6 +192,13 @@ class MilvusStore:
         with self._lock:
             return sorted(self._collections)
 
+    def peek(self, name: str) -> MilvusCollection | None:
+        """The named collection if this replica has it open (no Milvus call), else None."""
+        with self._lock:
+            if not isinstance(name, str) or name in self._broken or self._closed:
+                return None
+            return self._collections.get(name)
+
     def get(self, name: str) -> MilvusCollection:
         """The named collection; NotFoundError if absent, ConflictError if its Milvus schema
         is not gapfix's. Collections another replica created are picked up here."""
