@@ -25,7 +25,7 @@ from benchmarks._common import BenchResult
 from gapfix.jobs.testing import image_bytes
 
 MODEL = os.environ.get("GAPFIX_BENCH_EMBED_MODEL", "ViT-B-32")
-N_IMAGES = int(os.environ.get("GAPFIX_BENCH_EMBED_N", "96"))
+N_IMAGES = int(os.environ.get("GAPFIX_BENCH_EMBED_N", "384"))  # fixed costs weigh on fewer
 N_RAY = int(os.environ.get("GAPFIX_BENCH_EMBED_N_RAY", str(2 * N_IMAGES)))
 BATCH = 16
 REPEAT = 2
