@@ -289,3 +289,15 @@ def test_without_torch_auto_leaves_the_adapter_out(monkeypatch: pytest.MonkeyPat
     x, y = make_gapped(selection.ADAPTER_MIN_ROWS, d=16, seed=5)
     t = make_transform("auto", methods="centering,contrastive-adapter").fit(x, y)
     assert {r["method"] for r in t.fit_table_} == {"identity", "centering"}
+
+
+def test_the_table_does_not_depend_on_the_rows_scale() -> None:
+    """Every candidate, the searched shrinkage included, is scored on unit rows: the same
+    rows scaled by 10 give the same table (``moved`` too) and the same choice."""
+    x, y = make_gapped(120, d=16, seed=12)
+    a = make_transform("auto").fit(x, y)
+    b = make_transform("auto").fit(10 * x, 10 * y)
+    assert a.chosen_ == b.chosen_
+    for ra, rb in zip(a.fit_table_, b.fit_table_, strict=True):
+        assert ra["params"] == rb["params"]
+        assert ra["moved"] == pytest.approx(rb["moved"], abs=1e-4), ra["params"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gapfix.blocks import normalized
 from gapfix.errors import InputError
 from gapfix.transforms import crossval, selection
 from gapfix.transforms.base import GapTransform
@@ -226,6 +227,9 @@ class AutoTransform(GapTransform):
         dim: int,
     ) -> list[dict[str, Any]]:
         """Score every candidate (and a searched shrinkage) on shared folds; summarise."""
+        # unit rows for every scorer call below, as ``cross_validate`` scores its candidates:
+        # the folds' moments are of unit rows, and ``moved`` compares mapped rows with these
+        image, text = normalized(image), normalized(text)
         chosen = self._candidates(paired=lab is None, n=n, dim=dim)
         full = [(c.method, dict(c.params)) for c in chosen if c.max_repeats is None]
         scores, folds, ratio = crossval.cross_validate(
